@@ -1,0 +1,24 @@
+"""Gannet example guest: responds 200 text/plain "hello from python\n"."""
+
+from componentize_py_types import Ok
+from wit_world import exports
+from wit_world.imports.types import (
+    Fields,
+    IncomingRequest,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
+
+BODY = b"hello from python\n"
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
+        response.set_status_code(200)
+        body = response.body()
+        ResponseOutparam.set(response_out, Ok(response))
+        with body.write() as stream:
+            stream.blocking_write_and_flush(BODY)
+        OutgoingBody.finish(body, None)

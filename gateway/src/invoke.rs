@@ -1,0 +1,228 @@
+//! The hot path: one end-user request, from routing to the guest's response.
+//!
+//! Per request, in order (allocations noted):
+//! 1. load the routing table (atomic pointer, no lock) and clone the app's
+//!    `Arc` (an atomic increment);
+//! 2. check header and declared body sizes against the app's limits;
+//! 3. take an app permit and a gateway instance slot (`try_acquire`: shed
+//!    load rather than queue);
+//! 4. get the pre-instantiated component from the memory cache (a miss
+//!    loads or compiles once, off the executor);
+//! 5. make a fresh store (allocates: the store, WASI context and env copy,
+//!    resource table), push the request and the response outparam into it,
+//!    and two oneshot channels;
+//! 6. spawn the guest in its own task (one task allocation), under the app's
+//!    wall-clock limit; its CPU limit is enforced by the epoch deadline;
+//! 7. await the response head; stream its body to the client, cut if the
+//!    guest fails later.
+//!
+//! Nothing here touches the disk on a cache hit, a database or the network
+//! beyond the client's connection.
+
+use crate::body::{GatewayBody, GuestBody, LimitedRequestBody, Outcome};
+use crate::cache::ComponentCache;
+use crate::error::Rejection;
+use crate::metrics::Metrics;
+use crate::router::{App, RouteTable, request_host};
+use arc_swap::ArcSwap;
+use gannet_runtime::{GuestFailure, Prepared, Runtime, host::new_store};
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// Everything the hot path shares.
+pub struct State {
+    /// The current routing table.
+    pub routes: ArcSwap<RouteTable>,
+    /// Pre-instantiated components.
+    pub cache: ComponentCache,
+    /// The engine and friends.
+    pub runtime: Arc<Runtime>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// One permit per instance the pool can hold.
+    pub instances: Arc<Semaphore>,
+}
+
+/// Answers one request. Never fails: every failure becomes a response.
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<GatewayBody> {
+    let start = Instant::now();
+    let app = {
+        let table = state.routes.load();
+        match request_host(&req).and_then(|h| table.lookup(&h).cloned()) {
+            Some(app) => app,
+            None => return reject(state, None, Rejection::UnknownHost),
+        }
+    };
+    let limits = app.limits();
+
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes as u64 > limits.max_request_headers.bytes() {
+        return reject(state, Some(&app), Rejection::HeadersTooLarge);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_request_body.bytes()) {
+        return reject(state, Some(&app), Rejection::BodyTooLarge);
+    }
+
+    let Ok(app_permit) = app.inflight.clone().try_acquire_owned() else {
+        return reject(state, Some(&app), Rejection::AppBusy);
+    };
+    let Ok(slot) = state.instances.clone().try_acquire_owned() else {
+        return reject(state, Some(&app), Rejection::GatewayBusy);
+    };
+
+    let prepared = match state.cache.get(app.digest, &app.component_path).await {
+        Ok(p) => p,
+        Err(_) => return reject(state, Some(&app), Rejection::ArtifactUnavailable),
+    };
+
+    let response = invoke(state, &app, prepared, req, [app_permit, slot]).await;
+    app.metrics.duration.observe(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn invoke(
+    state: &State,
+    app: &Arc<App>,
+    prepared: Arc<Prepared>,
+    req: Request<Incoming>,
+    permits: [OwnedSemaphorePermit; 2],
+) -> Response<GatewayBody> {
+    let limits = *app.limits();
+    let mut store = new_store(state.runtime.engine(), &app.settings);
+    let body_exceeded = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        LimitedRequestBody::new(body, limits.max_request_body.bytes(), body_exceeded.clone())
+    });
+    let (head_tx, head_rx) = oneshot::channel();
+    let pushed = {
+        let mut http = store.data_mut().http();
+        http.new_incoming_request(Scheme::Http, req)
+            .and_then(|r| Ok((r, http.new_response_outparam(head_tx)?)))
+    };
+    let (incoming, outparam) = match pushed {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(app = %app.id, error = %e, "request not accepted by wasi:http");
+            return reject(state, Some(app), Rejection::Internal);
+        }
+    };
+
+    let (outcome_tx, outcome_rx) = oneshot::channel::<Outcome>();
+    let task_app = app.clone();
+    tokio::spawn(async move {
+        let _permits = permits;
+        let app = task_app;
+        app.metrics.inflight.inc();
+        let run = async {
+            let t = Instant::now();
+            let proxy = prepared.pre.instantiate_async(&mut store).await?;
+            app.metrics.instantiate.observe(t.elapsed().as_secs_f64());
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+        };
+        let outcome = match tokio::time::timeout(limits.wall(), run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let failure = GuestFailure::classify(&e, store.data().memory_limit_hit());
+                tracing::warn!(
+                    app = %app.id,
+                    version = %app.version,
+                    kind = failure.as_str(),
+                    cpu_ms = store.data().cpu_used().as_millis() as u64,
+                    error = %format!("{e:?}"),
+                    "guest failed"
+                );
+                Err(failure)
+            }
+            Err(_elapsed) => {
+                tracing::warn!(app = %app.id, version = %app.version, kind = "wall-limit", wall_ms = limits.wall_ms, "guest failed");
+                Err(GuestFailure::WallLimit)
+            }
+        };
+        if let Err(f) = outcome {
+            app.metrics.failure(f.as_str());
+        }
+        drop(store);
+        app.metrics.inflight.dec();
+        let _ = outcome_tx.send(outcome);
+    });
+
+    match head_rx.await {
+        Ok(Ok(resp)) => {
+            let resp = resp.map(|body| {
+                GatewayBody::Guest(GuestBody::new(
+                    body,
+                    outcome_rx,
+                    limits.max_response_body.bytes(),
+                ))
+            });
+            app.metrics.count(resp.status().as_u16());
+            resp
+        }
+        Ok(Err(code)) => {
+            tracing::info!(app = %app.id, version = %app.version, error = ?code, "guest answered with an error code");
+            let r = if body_exceeded.load(Ordering::Relaxed) {
+                Rejection::BodyTooLarge
+            } else {
+                Rejection::GuestError
+            };
+            reject(state, Some(app), r)
+        }
+        Err(_) => {
+            // The guest dropped its outparam: it finished without a response,
+            // or failed (trap, limit) before setting one.
+            let outcome = outcome_rx.await.unwrap_or(Err(GuestFailure::Host));
+            let r = if body_exceeded.load(Ordering::Relaxed) {
+                Rejection::BodyTooLarge
+            } else {
+                match outcome {
+                    Ok(()) => Rejection::NoResponse,
+                    Err(f) => Rejection::Guest(f),
+                }
+            };
+            reject(state, Some(app), r)
+        }
+    }
+}
+
+/// Counts, logs and renders a platform response.
+fn reject(state: &State, app: Option<&Arc<App>>, r: Rejection) -> Response<GatewayBody> {
+    let resp = r.response();
+    state
+        .metrics
+        .rejections
+        .with_label_values(&[r.kind()])
+        .inc();
+    match app {
+        Some(app) => {
+            app.metrics.count(resp.status().as_u16());
+            if matches!(r, Rejection::NoResponse | Rejection::GuestError) {
+                app.metrics.failure(r.kind());
+            }
+            tracing::info!(app = %app.id, version = %app.version, status = resp.status().as_u16(), kind = r.kind(), "request rejected");
+        }
+        None => tracing::debug!(
+            status = resp.status().as_u16(),
+            kind = r.kind(),
+            "request rejected"
+        ),
+    }
+    resp
+}

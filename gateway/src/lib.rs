@@ -1,0 +1,306 @@
+//! gannet-gateway: the front door. Accepts HTTP/1.1 and HTTP/2 (h2c), routes
+//! by host to an app, and runs the app's component per request from a
+//! precompiled, pooled cache, inside the app's limits.
+//!
+//! Where things are:
+//! - [`invoke`]: the hot path, one request end to end;
+//! - [`router`]: the lock-free routing table; [`cache`]: the memory cache;
+//! - [`body`]: streaming request/response bodies with their limits;
+//! - [`error`]: the one place platform responses (404, 413, 503…) are made;
+//! - [`server`]: accept loop and graceful drain; [`admin`]: metrics, probes;
+//! - [`routes_file`]: the routes file and its validation.
+//!
+//! It must not touch a database or the control plane on the hot path.
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod invoke;
+pub mod metrics;
+pub mod router;
+pub mod routes_file;
+pub mod server;
+
+pub use config::GatewayConfig;
+
+use crate::admin::Readiness;
+use crate::cache::{ComponentCache, PrepareError};
+use crate::invoke::State;
+use crate::metrics::{AppMetrics, Metrics};
+use crate::router::{App, RouteTable};
+use crate::routes_file::{AppSpec, LimitBounds, RoutesError};
+use arc_swap::ArcSwap;
+use gannet_model::Sha256Digest;
+use gannet_runtime::guest_log::GuestLog;
+use gannet_runtime::outbound::OutboundPolicy;
+use gannet_runtime::{InstanceSettings, Runtime, RuntimeConfig, RuntimeError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Why the gateway could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The routes file is unusable.
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    /// An app's component could not be read, compiled or linked.
+    #[error("app `{app}`: {source}")]
+    Prepare {
+        /// The app.
+        app: String,
+        /// Why.
+        #[source]
+        source: PrepareError,
+    },
+    /// An app's component file could not be read.
+    #[error("app `{app}`: reading {path}: {source}")]
+    Component {
+        /// The app.
+        app: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Some I/O failed (binding, threads).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a (re)load applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Apps in the new table.
+    pub apps: usize,
+    /// Distinct components in it.
+    pub components: usize,
+}
+
+/// A gateway: its state, and the routes file it follows.
+pub struct Gateway {
+    config: GatewayConfig,
+    state: Arc<State>,
+    readiness: Arc<Readiness>,
+    /// Serializes reloads; holds the digest memo (path → mtime, size, digest).
+    reload: Mutex<HashMap<PathBuf, (SystemTime, u64, Sha256Digest)>>,
+}
+
+impl Gateway {
+    /// Builds the runtime, loads the routes file and warms every component
+    /// (from the disk cache, or by compiling). Fails on any invalid route.
+    pub async fn build(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let runtime_config = RuntimeConfig {
+            engine: config.engine.clone(),
+            cache_dir: config.cache_dir.clone(),
+        };
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
+            .await
+            .map_err(|e| GatewayError::Io(std::io::Error::other(e)))??;
+        let runtime = Arc::new(runtime);
+        tracing::info!(allocator = ?runtime.allocator(), "engine ready");
+        let metrics = Arc::new(Metrics::new()?);
+        let state = Arc::new(State {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            cache: ComponentCache::new(
+                runtime.clone(),
+                metrics.clone(),
+                config.cache_capacity.bytes(),
+            ),
+            runtime,
+            metrics,
+            instances: Arc::new(Semaphore::new(config.max_instances())),
+        });
+        let gateway = Gateway {
+            config,
+            state,
+            readiness: Arc::new(Readiness::default()),
+            reload: Mutex::new(HashMap::new()),
+        };
+        gateway.reload().await?;
+        gateway.readiness.set_ready();
+        Ok(gateway)
+    }
+
+    /// Re-reads the routes file, warms every component it names, then swaps
+    /// the routing table in one step. On any error the current table keeps
+    /// serving and the error is returned.
+    pub async fn reload(&self) -> Result<LoadSummary, GatewayError> {
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.state.metrics.reloads.with_label_values(&[label]).inc();
+        result
+    }
+
+    async fn try_reload(&self) -> Result<LoadSummary, GatewayError> {
+        let mut memo = self.reload.lock().await;
+        let path = self.config.routes_path.clone();
+        let bounds = LimitBounds {
+            max_memory: self.config.max_app_memory(),
+        };
+        let memo_snapshot = memo.clone();
+        let (specs, digests) = tokio::task::spawn_blocking(move || {
+            let specs = routes_file::load(&path, bounds)?;
+            let digests = digest_components(&specs, &memo_snapshot)?;
+            Ok::<_, GatewayError>((specs, digests))
+        })
+        .await
+        .map_err(|e| GatewayError::Io(std::io::Error::other(e)))??;
+
+        // Warm: every component prepared before the table goes live.
+        let mut distinct = HashMap::new();
+        for (spec, (_, _, digest)) in specs.iter().zip(&digests) {
+            distinct
+                .entry(*digest)
+                .or_insert((spec.id.to_string(), spec.component.clone()));
+        }
+        for (digest, (app, path)) in &distinct {
+            self.state
+                .cache
+                .get(*digest, path)
+                .await
+                .map_err(|source| GatewayError::Prepare {
+                    app: app.clone(),
+                    source,
+                })?;
+        }
+
+        let old = self.state.routes.load_full();
+        let mut entries = Vec::with_capacity(specs.len());
+        for (spec, (mtime, size, digest)) in specs.into_iter().zip(digests) {
+            memo.insert(spec.component.clone(), (mtime, size, digest));
+            let app = self.build_app(&spec, digest, old.app(&spec.id));
+            entries.push((Arc::new(app), spec.hosts));
+        }
+        let summary = LoadSummary {
+            apps: entries.len(),
+            components: distinct.len(),
+        };
+        self.state.routes.store(Arc::new(RouteTable::new(entries)));
+        self.state.metrics.apps.set(summary.apps as i64);
+        tracing::info!(
+            apps = summary.apps,
+            components = summary.components,
+            "routing table applied"
+        );
+        Ok(summary)
+    }
+
+    fn build_app(&self, spec: &AppSpec, digest: Sha256Digest, previous: Option<&Arc<App>>) -> App {
+        let version = digest.short();
+        let limits = spec.limits.resolve(&self.config.defaults);
+        // Keep the concurrency permits and the log sink of an unchanged app,
+        // so requests running across a reload still count against its limit.
+        let inflight = match previous {
+            Some(p) if p.limits().max_inflight == limits.max_inflight => p.inflight.clone(),
+            _ => Arc::new(Semaphore::new(limits.max_inflight as usize)),
+        };
+        let log = match previous {
+            Some(p) if p.version == version => p.settings.log.clone(),
+            _ => Arc::new(GuestLog::new(
+                spec.tenant.clone(),
+                spec.id.to_string(),
+                version.clone(),
+                self.config.guest_log_lines_per_second,
+            )),
+        };
+        let env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        App {
+            metrics: AppMetrics::new(&self.state.metrics, spec.id.as_str(), &version),
+            id: spec.id.clone(),
+            version,
+            digest,
+            component_path: spec.component.clone(),
+            settings: InstanceSettings {
+                env: env.into(),
+                limits,
+                log,
+                outbound: Arc::new(OutboundPolicy {
+                    allowed_hosts: spec.outbound.clone(),
+                    allow_private_ips: self.config.allow_private_outbound,
+                }),
+            },
+            inflight,
+        }
+    }
+
+    /// Serves the public listener and the admin listener until `shutdown`
+    /// fires, then drains (up to the configured timeout) and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        admin: std::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), GatewayError> {
+        let admin_thread = admin::spawn(
+            admin,
+            self.state.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        )?;
+        let readiness = self.readiness.clone();
+        let draining = shutdown.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            readiness.set_draining();
+        });
+        server::serve(
+            listener,
+            self.state.clone(),
+            shutdown,
+            self.config.drain_timeout,
+        )
+        .await;
+        let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
+        Ok(())
+    }
+
+    /// The shared hot-path state (for tests and embedding).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+}
+
+/// Reads each spec's component and hashes it, reusing the memo when the
+/// file's modification time and size are unchanged.
+fn digest_components(
+    specs: &[AppSpec],
+    memo: &HashMap<PathBuf, (SystemTime, u64, Sha256Digest)>,
+) -> Result<Vec<(SystemTime, u64, Sha256Digest)>, GatewayError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let err = |source| GatewayError::Component {
+                app: spec.id.to_string(),
+                path: spec.component.clone(),
+                source,
+            };
+            let meta = std::fs::metadata(&spec.component).map_err(err)?;
+            let mtime = meta.modified().map_err(err)?;
+            if let Some(&(m, len, d)) = memo.get(&spec.component)
+                && m == mtime
+                && len == meta.len()
+            {
+                return Ok((m, len, d));
+            }
+            let bytes = std::fs::read(&spec.component).map_err(err)?;
+            Ok((mtime, meta.len(), Sha256Digest::of(&bytes)))
+        })
+        .collect()
+}

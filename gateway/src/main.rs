@@ -1,0 +1,184 @@
+//! `gannet-gateway`: parse arguments, bind, build, serve, handle signals.
+//!
+//!     gannet-gateway --routes routes.toml --listen 127.0.0.1:8080 \
+//!                    --admin-listen 127.0.0.1:9090 --cache-dir ./cache
+//!
+//! SIGHUP reloads the routes file (a bad file is logged and the old table
+//! keeps serving); SIGTERM or SIGINT stops accepting, drains in-flight
+//! requests up to `--drain-timeout-secs`, and exits 0. A second signal exits
+//! at once.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gannet_gateway::{Gateway, GatewayConfig};
+use gannet_model::ByteSize;
+use gannet_runtime::{EngineConfig, PoolConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Runs tenants' wasi:http components per request, routed by hostname.
+#[derive(Parser, Debug)]
+#[command(name = "gannet-gateway", version)]
+struct Args {
+    /// Routes file (TOML): hostnames → app id, component, env, limits.
+    #[arg(long, env = "GANNET_ROUTES")]
+    routes: PathBuf,
+    /// Public listener (HTTP/1.1 and HTTP/2 prior knowledge).
+    #[arg(long, env = "GANNET_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "GANNET_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Directory for precompiled components (.cwasm).
+    #[arg(long, env = "GANNET_CACHE_DIR", default_value = "./cache")]
+    cache_dir: PathBuf,
+    /// Seconds in-flight requests may take to finish on shutdown.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// Memory for precompiled components kept ready (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB")]
+    cache_memory: ByteSize,
+    /// Let guests reach private, loopback and link-local addresses.
+    #[arg(long)]
+    allow_private_outbound: bool,
+    /// Guest stdout/stderr lines logged per app per second.
+    #[arg(long, default_value_t = 100)]
+    guest_log_lines_per_second: u64,
+    /// Instances (requests being run) the pool holds at once.
+    #[arg(long, default_value_t = 1000)]
+    pool_instances: u32,
+    /// Bytes of each memory slot kept resident between instances.
+    #[arg(long, default_value = "64MiB")]
+    pool_keep_resident: ByteSize,
+    /// Allocate instances on demand instead of from a pool.
+    #[arg(long)]
+    no_pool: bool,
+    /// Load the routes file and compile every component, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+impl Args {
+    fn resolve(&self) -> Result<GatewayConfig> {
+        anyhow::ensure!(
+            self.pool_instances > 0,
+            "--pool-instances must be at least 1"
+        );
+        let pool = (!self.no_pool).then(|| {
+            let n = self.pool_instances;
+            PoolConfig {
+                total_component_instances: n,
+                total_core_instances: n.saturating_mul(10),
+                total_memories: n.saturating_mul(2),
+                total_tables: n.saturating_mul(4),
+                total_stacks: n,
+                linear_memory_keep_resident: usize::try_from(self.pool_keep_resident.bytes())
+                    .unwrap_or(usize::MAX),
+                ..PoolConfig::default()
+            }
+        });
+        Ok(GatewayConfig {
+            routes_path: self.routes.clone(),
+            cache_dir: self.cache_dir.clone(),
+            engine: EngineConfig {
+                pool,
+                ..EngineConfig::default()
+            },
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            cache_capacity: self.cache_memory,
+            allow_private_outbound: self.allow_private_outbound,
+            guest_log_lines_per_second: self.guest_log_lines_per_second,
+            ..GatewayConfig::default()
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let config = args.resolve()?;
+    if args.check {
+        let gateway = Gateway::build(config).await?;
+        let apps = gateway.state().routes.load().apps().len();
+        eprintln!(
+            "routes ok: {apps} apps, components compiled into {}",
+            args.cache_dir.display()
+        );
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let admin = std::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("binding admin {}", args.admin_listen))?;
+    let public_addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let gateway = Arc::new(Gateway::build(config).await?);
+    eprintln!("listening on http://{public_addr}");
+    eprintln!("admin listening on http://{admin_addr}");
+
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gateway.clone().run(listener, admin, shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading routes");
+                match gateway.reload().await {
+                    Ok(s) => tracing::info!(apps = s.apps, "routes reloaded"),
+                    Err(e) => tracing::error!(error = %e, "routes reload failed; keeping the current routes"),
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    tokio::select! {
+        result = serving => {
+            result.context("server task")??;
+        }
+        _ = sigterm.recv() => anyhow::bail!("second signal: exiting without draining"),
+        _ = sigint.recv() => anyhow::bail!("second signal: exiting without draining"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Prometheus metrics. Labels are app and version (never the path); the
+//! per-app handles are resolved once when the routing table is built, so the
+//! hot path does no label hashing for the common statuses.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `gannet_requests_total` | counter | app, version, status |
+//! | `gannet_request_duration_seconds` | histogram | app, version |
+//! | `gannet_instantiate_duration_seconds` | histogram | app |
+//! | `gannet_inflight_instances` | gauge | app |
+//! | `gannet_guest_failures_total` | counter | app, version, kind (cpu-limit, wall-limit, memory-limit, trap, host-error, no-response) |
+//! | `gannet_rejections_total` | counter | kind (the `gannet-error` value) |
+//! | `gannet_compile_duration_seconds` | histogram | |
+//! | `gannet_component_loads_total` | counter | source (disk, compiled, recompiled_corrupt) |
+//! | `gannet_corrupt_artifacts_total` | counter | |
+//! | `gannet_cache_hits_total`, `gannet_cache_misses_total` | counter | |
+//! | `gannet_cache_evictions_total` | counter | cause |
+//! | `gannet_guest_log_lines_dropped_total` | counter | app |
+//! | `gannet_routes_reloads_total` | counter | result (ok, error) |
+//! | `gannet_routes_apps` | gauge | |
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const COMPILE_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// All gateway metrics, registered in one registry.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) instantiate: HistogramVec,
+    pub(crate) inflight: IntGaugeVec,
+    pub(crate) guest_failures: IntCounterVec,
+    pub(crate) rejections: IntCounterVec,
+    pub(crate) compile: Histogram,
+    pub(crate) loads: IntCounterVec,
+    pub(crate) corrupt: IntCounter,
+    pub(crate) cache_hits: IntCounter,
+    pub(crate) cache_misses: IntCounter,
+    pub(crate) cache_evictions: IntCounterVec,
+    pub(crate) log_dropped: IntCounterVec,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) apps: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are static and unique, so registration cannot collide.
+    if let Err(e) = r.register(Box::new(m.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    m
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        Ok(Metrics {
+            requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_requests_total",
+                        "Requests answered, by app, version and status.",
+                    ),
+                    &["app", "version", "status"],
+                )?,
+            ),
+            duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gannet_request_duration_seconds",
+                        "Time to the response head, by app and version.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["app", "version"],
+                )?,
+            ),
+            instantiate: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gannet_instantiate_duration_seconds",
+                        "Time to instantiate a component per request.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["app"],
+                )?,
+            ),
+            inflight: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gannet_inflight_instances",
+                        "Instances running now, by app.",
+                    ),
+                    &["app"],
+                )?,
+            ),
+            guest_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_guest_failures_total",
+                        "Guest invocations that failed, by kind.",
+                    ),
+                    &["app", "version", "kind"],
+                )?,
+            ),
+            rejections: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_rejections_total",
+                        "Responses made by the platform instead of a guest, by kind.",
+                    ),
+                    &["kind"],
+                )?,
+            ),
+            compile: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gannet_compile_duration_seconds",
+                        "Time to compile a component.",
+                    )
+                    .buckets(COMPILE_BUCKETS.to_vec()),
+                )?,
+            ),
+            loads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_component_loads_total",
+                        "Components prepared, by where the code came from.",
+                    ),
+                    &["source"],
+                )?,
+            ),
+            corrupt: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_corrupt_artifacts_total",
+                    "Precompiled artifacts that failed their checksum and were recompiled.",
+                )?,
+            ),
+            cache_hits: reg(
+                &r,
+                IntCounter::new("gannet_cache_hits_total", "In-memory component cache hits.")?,
+            ),
+            cache_misses: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_cache_misses_total",
+                    "In-memory component cache misses.",
+                )?,
+            ),
+            cache_evictions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_cache_evictions_total",
+                        "Components evicted from the in-memory cache.",
+                    ),
+                    &["cause"],
+                )?,
+            ),
+            log_dropped: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_guest_log_lines_dropped_total",
+                        "Guest output lines dropped by the log rate limit.",
+                    ),
+                    &["app"],
+                )?,
+            ),
+            reloads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_routes_reloads_total",
+                        "Routes file reloads, by result.",
+                    ),
+                    &["result"],
+                )?,
+            ),
+            apps: reg(
+                &r,
+                IntGauge::new("gannet_routes_apps", "Apps in the routing table.")?,
+            ),
+            registry: r,
+        })
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Statuses whose counters each app resolves up front.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 413, 431, 500, 502, 503, 504,
+];
+
+/// One app version's metric handles, resolved once per routing table.
+pub struct AppMetrics {
+    app: String,
+    version: String,
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    by_status: [IntCounter; COMMON_STATUSES.len()],
+    pub(crate) duration: Histogram,
+    pub(crate) instantiate: Histogram,
+    pub(crate) inflight: IntGauge,
+}
+
+impl AppMetrics {
+    /// Resolves the handles for `app` at `version`.
+    pub fn new(m: &Metrics, app: &str, version: &str) -> Self {
+        AppMetrics {
+            app: app.to_string(),
+            version: version.to_string(),
+            requests: m.requests.clone(),
+            failures: m.guest_failures.clone(),
+            by_status: COMMON_STATUSES.map(|s| {
+                m.requests
+                    .with_label_values(&[app, version, &s.to_string()])
+            }),
+            duration: m.duration.with_label_values(&[app, version]),
+            instantiate: m.instantiate.with_label_values(&[app]),
+            inflight: m.inflight.with_label_values(&[app]),
+        }
+    }
+
+    /// Counts one response with `status`.
+    pub fn count(&self, status: u16) {
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.by_status[i].inc(),
+            None => self
+                .requests
+                .with_label_values(&[&self.app, &self.version, &status.to_string()])
+                .inc(),
+        }
+    }
+
+    /// Counts one failed invocation.
+    pub fn failure(&self, kind: &str) {
+        self.failures
+            .with_label_values(&[&self.app, &self.version, kind])
+            .inc();
+    }
+}
