@@ -19,6 +19,8 @@
 //! | `gannet_routes_reloads_total` | counter | result (ok, error) |
 //! | `gannet_routes_apps` | gauge | |
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -213,7 +215,7 @@ impl Metrics {
     }
 }
 
-/// Statuses whose counters each app resolves up front.
+/// Statuses whose counters each app keeps a handle to after first use.
 const COMMON_STATUSES: [u16; 16] = [
     200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 413, 431, 500, 502, 503, 504,
 ];
@@ -224,7 +226,8 @@ pub struct AppMetrics {
     version: String,
     requests: IntCounterVec,
     failures: IntCounterVec,
-    by_status: [IntCounter; COMMON_STATUSES.len()],
+    /// Resolved on first use, so unused statuses do not show as zeros.
+    by_status: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
     pub(crate) duration: Histogram,
     pub(crate) instantiate: Histogram,
     pub(crate) inflight: IntGauge,
@@ -238,10 +241,7 @@ impl AppMetrics {
             version: version.to_string(),
             requests: m.requests.clone(),
             failures: m.guest_failures.clone(),
-            by_status: COMMON_STATUSES.map(|s| {
-                m.requests
-                    .with_label_values(&[app, version, &s.to_string()])
-            }),
+            by_status: Default::default(),
             duration: m.duration.with_label_values(&[app, version]),
             instantiate: m.instantiate.with_label_values(&[app]),
             inflight: m.inflight.with_label_values(&[app]),
@@ -251,7 +251,12 @@ impl AppMetrics {
     /// Counts one response with `status`.
     pub fn count(&self, status: u16) {
         match COMMON_STATUSES.iter().position(|&s| s == status) {
-            Some(i) => self.by_status[i].inc(),
+            Some(i) => self.by_status[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[&self.app, &self.version, &status.to_string()])
+                })
+                .inc(),
             None => self
                 .requests
                 .with_label_values(&[&self.app, &self.version, &status.to_string()])

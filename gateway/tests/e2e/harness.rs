@@ -4,9 +4,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,7 +78,6 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
-    pub cache_dir: PathBuf,
 }
 
 impl Gateway {
@@ -145,7 +142,6 @@ impl Gateway {
             admin: admin.unwrap(),
             logs,
             dir,
-            cache_dir: cache_dir.to_path_buf(),
         }
     }
 
@@ -245,27 +241,23 @@ impl Reply {
     }
 }
 
-/// A real HTTP client: HTTP/1.1, or HTTP/2 with prior knowledge.
-#[derive(Clone)]
+/// A real HTTP client over real sockets: HTTP/1.1, or HTTP/2 with prior
+/// knowledge. One connection per request, so requests never share state.
+#[derive(Clone, Copy)]
 pub struct Http {
-    client: Client<HttpConnector, Body>,
+    h2: bool,
 }
 
 impl Http {
     pub fn h1() -> Self {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Http { h2: false }
     }
     pub fn h2() -> Self {
-        Http {
-            client: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http(),
-        }
+        Http { h2: true }
     }
 
-    /// Sends a request with `host` as the Host and reads the whole reply.
+    /// Sends a request with `host` as the Host (HTTP/1.1) or :authority
+    /// (HTTP/2) and reads the whole reply.
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -315,18 +307,33 @@ impl Http {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .header("host", host);
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let io = TokioIo::new(stream);
+        let mut req = http::Request::builder().method(method);
+        req = if self.h2 {
+            req.uri(format!("http://{host}{path}"))
+        } else {
+            req.uri(path).header("host", host)
+        };
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(body).map_err(|e| e.to_string())?;
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| format!("request: {e:?}"))
+        if self.h2 {
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.map_err(|e| format!("request: {e:?}"))
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.map_err(|e| format!("request: {e:?}"))
+        }
     }
 
     /// GET with the given host.
@@ -335,6 +342,27 @@ impl Http {
             .await
             .unwrap()
     }
+}
+
+/// Sends a raw HTTP/1.1 request head and returns the raw response head
+/// (status line and headers), without sending any body.
+pub async fn raw_head(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("no response head within 10 s")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Polls `f` until it returns true or `timeout` passes.

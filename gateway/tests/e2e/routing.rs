@@ -94,7 +94,7 @@ async fn echo_streams_a_100_mib_body_without_buffering_it() {
         sent.update(c);
     }
     let stream = futures::stream::iter(chunks.into_iter().map(|c| Ok(hyper::body::Frame::data(c))));
-    let body = StreamBody::new(stream).boxed();
+    let body = BodyExt::boxed(StreamBody::new(stream));
     let resp = http
         .request(gw.addr, "echo.test", "POST", "/upload", &[], body)
         .await
