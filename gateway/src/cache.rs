@@ -160,7 +160,11 @@ mod tests {
     async fn a_miss_compiles_once_for_100_concurrent_requests() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let cache = Arc::new(ComponentCache::new(small_runtime(dir.path()), metrics.clone(), 1 << 30));
+        let cache = Arc::new(ComponentCache::new(
+            small_runtime(dir.path()),
+            metrics.clone(),
+            1 << 30,
+        ));
         let (path, digest) = hello();
         let tasks: Vec<_> = (0..100)
             .map(|_| {
@@ -188,6 +192,10 @@ mod tests {
         let err = cache.get(wrong, &path).await.err().expect("must fail");
         assert!(err.to_string().contains("do not match digest"), "{err}");
         assert!(!cache.contains(&wrong).await);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
     }
 }

@@ -253,8 +253,11 @@ impl AppMetrics {
         match COMMON_STATUSES.iter().position(|&s| s == status) {
             Some(i) => self.by_status[i]
                 .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[&self.app, &self.version, &status.to_string()])
+                    self.requests.with_label_values(&[
+                        &self.app,
+                        &self.version,
+                        &status.to_string(),
+                    ])
                 })
                 .inc(),
             None => self

@@ -121,7 +121,10 @@ fn wrk(args: &Args, addr: SocketAddr, host: &str, secs: u64) -> Result<(f64, f64
         }
     }
     if rps == 0.0 {
-        bail!("wrk printed no result:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk printed no result:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok((rps, p50, p99, errors))
 }
@@ -138,12 +141,20 @@ fn parse_latency(v: &str) -> f64 {
     }
 }
 
-fn measure(args: &Args, target: &str, guest: &str, addr: SocketAddr, host: &str) -> Result<Measured> {
+fn measure(
+    args: &Args,
+    target: &str,
+    guest: &str,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<Measured> {
     if args.warmup_secs > 0 {
         wrk(args, addr, host, args.warmup_secs)?;
     }
     let (rps, p50_ms, p99_ms, errors) = wrk(args, addr, host, args.duration_secs)?;
-    eprintln!("  {target:<16} {guest:<10} {rps:>10.0} rps  p50 {p50_ms:>7.2} ms  p99 {p99_ms:>7.2} ms");
+    eprintln!(
+        "  {target:<16} {guest:<10} {rps:>10.0} rps  p50 {p50_ms:>7.2} ms  p99 {p99_ms:>7.2} ms"
+    );
     Ok(Measured {
         target: target.into(),
         guest: guest.into(),
@@ -154,7 +165,12 @@ fn measure(args: &Args, target: &str, guest: &str, addr: SocketAddr, host: &str)
     })
 }
 
-fn start_gateway(bin_dir: &Path, component: &Path, cache: &Path, dir: &Path) -> Result<(Server, SocketAddr)> {
+fn start_gateway(
+    bin_dir: &Path,
+    component: &Path,
+    cache: &Path,
+    dir: &Path,
+) -> Result<(Server, SocketAddr)> {
     let routes = dir.join("routes.toml");
     std::fs::write(
         &routes,
@@ -174,7 +190,7 @@ fn start_gateway(bin_dir: &Path, component: &Path, cache: &Path, dir: &Path) -> 
         .arg(cache)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("gateway.log"))?)
         .spawn()
         .context("starting gannet-gateway (cargo build --release --workspace)")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -255,8 +271,12 @@ fn main() -> Result<()> {
     for guest in &args.guests {
         let component = args.root.join("examples").join(format!("{guest}.wasm"));
         if !component.is_file() {
-            bail!("{} missing: run `bash examples/build.sh`", component.display());
+            bail!(
+                "{} missing: run `bash examples/build.sh`",
+                component.display()
+            );
         }
+        let component = component.canonicalize()?;
         {
             let (_server, addr) = start_gateway(&bin_dir, &component, &cache, &work)?;
             results.push(measure(&args, "gannet-gateway", guest, addr, "bench.test")?);

@@ -14,7 +14,10 @@ fn cwasm_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 async fn loads(gw: &Gateway, source: &str) -> f64 {
-    gw.metric(&format!("gannet_component_loads_total{{source=\"{source}\"}}")).await
+    gw.metric(&format!(
+        "gannet_component_loads_total{{source=\"{source}\"}}"
+    ))
+    .await
 }
 
 async fn stop(mut gw: Gateway) {
@@ -41,8 +44,14 @@ async fn restart_loads_from_disk_and_corruption_is_recompiled_not_run() {
     let gw = Gateway::start_with(&routes, cache.path(), &[]);
     assert_eq!(loads(&gw, "disk").await, 1.0);
     assert_eq!(loads(&gw, "compiled").await, 0.0);
-    assert_eq!(gw.metric("gannet_compile_duration_seconds_count").await, 0.0);
-    assert_eq!(http.get(gw.addr, "hello.test", "/").await.text(), "hello, world\n");
+    assert_eq!(
+        gw.metric("gannet_compile_duration_seconds_count").await,
+        0.0
+    );
+    assert_eq!(
+        http.get(gw.addr, "hello.test", "/").await.text(),
+        "hello, world\n"
+    );
     stop(gw).await;
 
     // Flip bytes in the middle of the artifact: detected, recompiled.
@@ -57,7 +66,10 @@ async fn restart_loads_from_disk_and_corruption_is_recompiled_not_run() {
     assert_eq!(gw.metric("gannet_corrupt_artifacts_total").await, 1.0);
     assert_eq!(loads(&gw, "recompiled_corrupt").await, 1.0);
     assert_eq!(loads(&gw, "disk").await, 0.0);
-    assert_eq!(http.get(gw.addr, "hello.test", "/").await.text(), "hello, world\n");
+    assert_eq!(
+        http.get(gw.addr, "hello.test", "/").await.text(),
+        "hello, world\n"
+    );
     stop(gw).await;
 
     // Truncate it: same.
@@ -70,7 +82,10 @@ async fn restart_loads_from_disk_and_corruption_is_recompiled_not_run() {
         .unwrap();
     let gw = Gateway::start_with(&routes, cache.path(), &[]);
     assert_eq!(gw.metric("gannet_corrupt_artifacts_total").await, 1.0);
-    assert_eq!(http.get(gw.addr, "hello.test", "/").await.text(), "hello, world\n");
+    assert_eq!(
+        http.get(gw.addr, "hello.test", "/").await.text(),
+        "hello, world\n"
+    );
     stop(gw).await;
 
     // And the repaired artifact loads from disk again.

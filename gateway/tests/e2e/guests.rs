@@ -15,12 +15,17 @@ async fn a_panic_is_a_500_without_detail_and_the_next_request_works() {
         let r = http.get(gw.addr, "panic.test", "/").await;
         assert_eq!(r.status, 500);
         assert_eq!(r.header("gannet-error"), Some("trap"));
-        assert!(!r.text().contains("secret-detail-42"), "guest detail leaked: {}", r.text());
+        assert!(
+            !r.text().contains("secret-detail-42"),
+            "guest detail leaked: {}",
+            r.text()
+        );
         let ok = http.get(gw.addr, "panic.test", "/?ok=1").await;
         assert_eq!((ok.status, ok.text().as_str()), (200, "fine\n"));
     }
     assert_eq!(
-        gw.metric("gannet_guest_failures_total{app=\"panic\",kind=\"trap\"}").await,
+        gw.metric("gannet_guest_failures_total{app=\"panic\",kind=\"trap\"}")
+            .await,
         3.0
     );
     // The panic message reaches the gateway's log, tagged with the app.
@@ -54,7 +59,9 @@ async fn guest_output_is_logged_with_labels_and_rate_limited() {
                     && l.contains("app=print")
                     && l.contains("stream=\"stdout\"")
                     && l.contains("version=")
-            }) && logs.lines().any(|l| l.contains("stderr line 0 from the print guest"))
+            }) && logs
+                .lines()
+                .any(|l| l.contains("stderr line 0 from the print guest"))
         })
         .await,
         "guest output not in logs:\n{}",
@@ -63,9 +70,18 @@ async fn guest_output_is_logged_with_labels_and_rate_limited() {
     // A flood: 2 x 5000 lines in one request; at most ~50/s get through.
     let r = http.get(gw.addr, "print.test", "/?lines=5000").await;
     assert_eq!(r.status, 200);
-    let logged = gw.log_text().lines().filter(|l| l.contains("from the print guest")).count();
-    assert!(logged <= 150, "{logged} guest lines logged despite the rate limit");
-    let dropped = gw.metric("gannet_guest_log_lines_dropped_total{app=\"print\"}").await;
+    let logged = gw
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("from the print guest"))
+        .count();
+    assert!(
+        logged <= 150,
+        "{logged} guest lines logged despite the rate limit"
+    );
+    let dropped = gw
+        .metric("gannet_guest_log_lines_dropped_total{app=\"print\"}")
+        .await;
     assert!(dropped >= 9_800.0, "dropped lines counted: {dropped}");
 }
 
@@ -75,12 +91,14 @@ async fn upstream() -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { return };
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                        b"from upstream",
-                    ))))
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"from upstream"),
+                    )))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -95,7 +113,12 @@ async fn upstream() -> std::net::SocketAddr {
 async fn outbound_requests_follow_the_allowlist_and_the_private_ip_rule() {
     let up = upstream().await;
     let routes = [
-        app("allowed", "outbound", &["allowed.test"], "outbound = [\"127.0.0.1\", \"localhost\"]"),
+        app(
+            "allowed",
+            "outbound",
+            &["allowed.test"],
+            "outbound = [\"127.0.0.1\", \"localhost\"]",
+        ),
         app("denied", "outbound", &["denied.test"], ""),
     ]
     .concat();
@@ -111,7 +134,11 @@ async fn outbound_requests_follow_the_allowlist_and_the_private_ip_rule() {
     assert!(r.text().contains("HttpRequestDenied"), "{}", r.text());
     // A name on the allowlist that resolves to loopback is still checked.
     let r = http
-        .get(open.addr, "allowed.test", &format!("/?url=http://localhost:{}/", up.port()))
+        .get(
+            open.addr,
+            "allowed.test",
+            &format!("/?url=http://localhost:{}/", up.port()),
+        )
         .await;
     assert_eq!(r.status, 200);
 
@@ -121,7 +148,11 @@ async fn outbound_requests_follow_the_allowlist_and_the_private_ip_rule() {
     assert_eq!(r.status, 502);
     assert!(r.text().contains("DestinationIpProhibited"), "{}", r.text());
     let r = http
-        .get(closed.addr, "allowed.test", &format!("/?url=http://localhost:{}/", up.port()))
+        .get(
+            closed.addr,
+            "allowed.test",
+            &format!("/?url=http://localhost:{}/", up.port()),
+        )
         .await;
     assert!(r.text().contains("DestinationIpProhibited"), "{}", r.text());
 }
@@ -143,7 +174,11 @@ async fn javascript_and_python_guests_run_unchanged() {
         let r = http.get(gw.addr, "hello-py.test", "/").await;
         assert_eq!((r.status, r.text().as_str()), (200, "hello from python\n"));
     }
-    let payload = Bytes::from((0..300_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let payload = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
     for host in ["echo-js.test", "echo-py.test"] {
         let r = http
             .send(gw.addr, host, "POST", "/p?q=1", &[], payload.clone())

@@ -268,7 +268,8 @@ impl Http {
         body: Bytes,
     ) -> Result<Reply, String> {
         let body: Body = Full::new(body).map_err(|never| match never {}).boxed();
-        self.send_body(addr, host, method, path, headers, body).await
+        self.send_body(addr, host, method, path, headers, body)
+            .await
     }
 
     pub async fn send_body(
@@ -280,7 +281,9 @@ impl Http {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Result<Reply, String> {
-        let resp = self.request(addr, host, method, path, headers, body).await?;
+        let resp = self
+            .request(addr, host, method, path, headers, body)
+            .await?;
         let status = resp.status().as_u16();
         let version = resp.version();
         let (parts, body) = resp.into_parts();
@@ -322,17 +325,24 @@ impl Http {
         }
         let req = req.body(body).map_err(|e| e.to_string())?;
         if self.h2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(conn);
-            sender.send_request(req).await.map_err(|e| format!("request: {e:?}"))
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e:?}"))
         } else {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(conn);
-            sender.send_request(req).await.map_err(|e| format!("request: {e:?}"))
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e:?}"))
         }
     }
 
@@ -383,5 +393,7 @@ where
 
 /// An empty request body.
 pub fn empty_body() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }

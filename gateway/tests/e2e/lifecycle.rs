@@ -12,10 +12,22 @@ fn bad_routes_at_start_exit_with_a_clear_error() {
     let core_module = dir.path().join("core.wasm");
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
     let cases = [
-        ("[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"missing.wasm\"\n".to_string(), "does not exist"),
-        ("[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"not.wasm\"\n".to_string(), "does not compile"),
-        ("[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"core.wasm\"\n".to_string(), "does not compile"),
-        ("[[app]]\nid = \"a\"\nhost = [\"a.test\"]\n".to_string(), "missing field `hosts`"),
+        (
+            "[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"missing.wasm\"\n".to_string(),
+            "does not exist",
+        ),
+        (
+            "[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"not.wasm\"\n".to_string(),
+            "does not compile",
+        ),
+        (
+            "[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"core.wasm\"\n".to_string(),
+            "does not compile",
+        ),
+        (
+            "[[app]]\nid = \"a\"\nhost = [\"a.test\"]\n".to_string(),
+            "missing field `hosts`",
+        ),
     ];
     for (routes, want) in cases {
         let file = dir.path().join("routes.toml");
@@ -23,7 +35,14 @@ fn bad_routes_at_start_exit_with_a_clear_error() {
         let out = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
             .arg("--routes")
             .arg(&file)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--pool-instances", "4"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--pool-instances",
+                "4",
+            ])
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
             .output()
@@ -61,7 +80,10 @@ async fn probes_and_metrics() {
         5.0
     );
     assert_eq!(
-        crate::harness::metric_value(&text, "gannet_request_duration_seconds_count{app=\"hello\"}"),
+        crate::harness::metric_value(
+            &text,
+            "gannet_request_duration_seconds_count{app=\"hello\"}"
+        ),
         5.0
     );
     assert!(crate::harness::metric_value(&text, "gannet_cache_hits_total") >= 5.0);
@@ -74,7 +96,10 @@ async fn probes_and_metrics() {
 async fn sighup_reloads_and_a_bad_file_keeps_the_old_routes() {
     let gw = Gateway::start(&app("hello", "hello", &["a.test"], ""));
     let http = Http::h1();
-    assert_eq!(http.get(gw.addr, "a.test", "/").await.text(), "hello, world\n");
+    assert_eq!(
+        http.get(gw.addr, "a.test", "/").await.text(),
+        "hello, world\n"
+    );
     assert_eq!(http.get(gw.addr, "b.test", "/").await.status, 404);
 
     // A new table: a.test moves to env, b.test appears.
@@ -91,24 +116,35 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_routes() {
         })
         .await
     );
-    assert_eq!(http.get(gw.addr, "a.test", "/").await.text(), "WHO=reloaded\n");
+    assert_eq!(
+        http.get(gw.addr, "a.test", "/").await.text(),
+        "WHO=reloaded\n"
+    );
 
     // A broken file is refused; the table in service stays.
     for bad in [
         "[[app]\nthis is not toml".to_string(),
-        format!("[[app]]\nid = \"x\"\nhosts = [\"c.test\"]\ncomponent = \"{}\"\n[app.limits]\nmemory = \"lots\"\n", component("hello").display()),
+        format!(
+            "[[app]]\nid = \"x\"\nhosts = [\"c.test\"]\ncomponent = \"{}\"\n[app.limits]\nmemory = \"lots\"\n",
+            component("hello").display()
+        ),
     ] {
         std::fs::write(gw.routes_path(), bad).unwrap();
         gw.signal("HUP");
     }
     assert!(
         eventually(Duration::from_secs(10), || async {
-            gw.metric("gannet_routes_reloads_total{result=\"error\"}").await == 2.0
+            gw.metric("gannet_routes_reloads_total{result=\"error\"}")
+                .await
+                == 2.0
         })
         .await
     );
     assert_eq!(http.get(gw.addr, "b.test", "/").await.status, 200);
-    assert_eq!(http.get(gw.addr, "a.test", "/").await.text(), "WHO=reloaded\n");
+    assert_eq!(
+        http.get(gw.addr, "a.test", "/").await.text(),
+        "WHO=reloaded\n"
+    );
     assert_eq!(http.get(gw.addr, "c.test", "/").await.status, 404);
     assert!(gw.log_text().contains("routes reload failed"));
     assert_eq!(gw.admin_get("/readyz").await.0, 200);
@@ -120,10 +156,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let http = Http::h1();
     let addr = gw.addr;
     let started = Instant::now();
-    let in_flight = tokio::spawn({
-        let http = http.clone();
-        async move { http.get(addr, "sleep.test", "/?ms=2000").await }
-    });
+    let in_flight = tokio::spawn(async move { http.get(addr, "sleep.test", "/?ms=2000").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     gw.signal("TERM");
     // New connections are refused once draining starts.

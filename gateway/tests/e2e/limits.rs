@@ -28,26 +28,47 @@ fn routes(extra_app: String) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_limit_is_504_and_does_not_stall_other_apps() {
-    let gw = Gateway::start(&routes(app("spin", "spin", &["spin.test"], "[app.limits]\ncpu_ms = 50")));
+    let gw = Gateway::start(&routes(app(
+        "spin",
+        "spin",
+        &["spin.test"],
+        "[app.limits]\ncpu_ms = 50",
+    )));
     let http = Http::h1();
-    let r = with_bystander(&gw, http.send(gw.addr, "spin.test", "GET", "/", &[], Bytes::new())).await;
+    let r = with_bystander(
+        &gw,
+        http.send(gw.addr, "spin.test", "GET", "/", &[], Bytes::new()),
+    )
+    .await;
     let r = r.unwrap();
     assert_eq!(r.status, 504);
     assert_eq!(r.header("gannet-error"), Some("cpu-limit"));
     assert_eq!(
-        gw.metric("gannet_guest_failures_total{app=\"spin\",kind=\"cpu-limit\"}").await,
+        gw.metric("gannet_guest_failures_total{app=\"spin\",kind=\"cpu-limit\"}")
+            .await,
         1.0
     );
     // Once the response has started, the limit cuts the body instead.
     let resp = http
-        .request(gw.addr, "spin.test", "GET", "/?after_head=1", &[], crate::harness::empty_body())
+        .request(
+            gw.addr,
+            "spin.test",
+            "GET",
+            "/?after_head=1",
+            &[],
+            crate::harness::empty_body(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await;
-    assert!(body.is_err(), "a body cut by the CPU limit must not end cleanly");
+    assert!(
+        body.is_err(),
+        "a body cut by the CPU limit must not end cleanly"
+    );
     assert_eq!(
-        gw.metric("gannet_guest_failures_total{app=\"spin\",kind=\"cpu-limit\"}").await,
+        gw.metric("gannet_guest_failures_total{app=\"spin\",kind=\"cpu-limit\"}")
+            .await,
         2.0
     );
 }
@@ -56,8 +77,18 @@ async fn cpu_limit_is_504_and_does_not_stall_other_apps() {
 async fn sleeping_is_not_cpu_time_but_wall_time_is_limited() {
     let routes = [
         app("hello", "hello", &["hello.test"], ""),
-        app("sleepy", "sleep", &["sleepy.test"], "[app.limits]\ncpu_ms = 50\nwall_ms = 30000"),
-        app("hasty", "sleep", &["hasty.test"], "[app.limits]\ncpu_ms = 50\nwall_ms = 500"),
+        app(
+            "sleepy",
+            "sleep",
+            &["sleepy.test"],
+            "[app.limits]\ncpu_ms = 50\nwall_ms = 30000",
+        ),
+        app(
+            "hasty",
+            "sleep",
+            &["hasty.test"],
+            "[app.limits]\ncpu_ms = 50\nwall_ms = 500",
+        ),
     ]
     .concat();
     let gw = Gateway::start(&routes);
@@ -67,7 +98,10 @@ async fn sleeping_is_not_cpu_time_but_wall_time_is_limited() {
         http.get(gw.addr, "sleepy.test", "/?ms=5000"),
         http.get(gw.addr, "hasty.test", "/?ms=5000"),
     );
-    assert_eq!((slept.status, slept.text().as_str()), (200, "slept 5000 ms\n"));
+    assert_eq!(
+        (slept.status, slept.text().as_str()),
+        (200, "slept 5000 ms\n")
+    );
     assert!(t.elapsed() >= Duration::from_millis(5000));
     assert_eq!(timed_out.status, 504);
     assert_eq!(timed_out.header("gannet-error"), Some("wall-limit"));
@@ -77,9 +111,18 @@ async fn sleeping_is_not_cpu_time_but_wall_time_is_limited() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_fails_the_guest_not_the_gateway() {
-    let gw = Gateway::start(&routes(app("hog", "hog", &["hog.test"], "[app.limits]\nmemory = \"32MiB\"")));
+    let gw = Gateway::start(&routes(app(
+        "hog",
+        "hog",
+        &["hog.test"],
+        "[app.limits]\nmemory = \"32MiB\"",
+    )));
     let http = Http::h1();
-    let r = with_bystander(&gw, http.send(gw.addr, "hog.test", "GET", "/?mb=64", &[], Bytes::new())).await;
+    let r = with_bystander(
+        &gw,
+        http.send(gw.addr, "hog.test", "GET", "/?mb=64", &[], Bytes::new()),
+    )
+    .await;
     let r = r.unwrap();
     assert_eq!(r.status, 500);
     assert_eq!(r.header("gannet-error"), Some("memory-limit"));
@@ -108,37 +151,62 @@ async fn body_and_header_limits_are_413_and_431() {
     assert!(head.contains("gannet-error: body-too-large"), "{head}");
     // At the limit it is accepted.
     let r = http
-        .send(gw.addr, "echo.test", "POST", "/", &[], Bytes::from(vec![b'x'; 1 << 20]))
+        .send(
+            gw.addr,
+            "echo.test",
+            "POST",
+            "/",
+            &[],
+            Bytes::from(vec![b'x'; 1 << 20]),
+        )
         .await
         .unwrap();
     assert_eq!((r.status, r.body.len()), (200, 1 << 20));
     let big = "v".repeat(2048);
     let r = http
-        .send(gw.addr, "echo.test", "GET", "/", &[("x-big", &big)], Bytes::new())
+        .send(
+            gw.addr,
+            "echo.test",
+            "GET",
+            "/",
+            &[("x-big", &big)],
+            Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 431);
     assert_eq!(r.header("gannet-error"), Some("headers-too-large"));
     let r = http.get(gw.addr, "hello.test", "/").await;
     assert_eq!(r.status, 200);
-    assert_eq!(gw.metric("gannet_rejections_total{kind=\"body-too-large\"}").await, 1.0);
-    assert_eq!(gw.metric("gannet_rejections_total{kind=\"headers-too-large\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("gannet_rejections_total{kind=\"body-too-large\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("gannet_rejections_total{kind=\"headers-too-large\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_limit_is_503_with_retry_after() {
-    let gw = Gateway::start(&routes(app("slow", "sleep", &["slow.test"], "[app.limits]\nmax_inflight = 2")));
+    let gw = Gateway::start(&routes(app(
+        "slow",
+        "sleep",
+        &["slow.test"],
+        "[app.limits]\nmax_inflight = 2",
+    )));
     let http = Http::h1();
-    let first = tokio::spawn({
-        let http = http.clone();
+    let first = {
         let addr = gw.addr;
-        async move { http.get(addr, "slow.test", "/?ms=1500").await }
-    });
-    let second = tokio::spawn({
-        let http = http.clone();
+        tokio::spawn(async move { http.get(addr, "slow.test", "/?ms=1500").await })
+    };
+    let second = {
         let addr = gw.addr;
-        async move { http.get(addr, "slow.test", "/?ms=1500").await }
-    });
+        tokio::spawn(async move { http.get(addr, "slow.test", "/?ms=1500").await })
+    };
     tokio::time::sleep(Duration::from_millis(400)).await;
     let third = http.get(gw.addr, "slow.test", "/?ms=10").await;
     assert_eq!(third.status, 503);

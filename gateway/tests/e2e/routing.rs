@@ -9,8 +9,18 @@ use sha2::{Digest, Sha256};
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_by_exact_and_wildcard_host_and_404s_the_rest() {
     let routes = [
-        app("hello", "hello", &["hello.localhost", "*.hello.test"], "env = { GREETING = \"hi\" }"),
-        app("deep", "hello", &["*.deep.hello.test"], "env = { GREETING = \"deep\" }"),
+        app(
+            "hello",
+            "hello",
+            &["hello.localhost", "*.hello.test"],
+            "env = { GREETING = \"hi\" }",
+        ),
+        app(
+            "deep",
+            "hello",
+            &["*.deep.hello.test"],
+            "env = { GREETING = \"deep\" }",
+        ),
     ]
     .concat();
     let gw = Gateway::start(&routes);
@@ -35,9 +45,14 @@ async fn routes_by_exact_and_wildcard_host_and_404s_the_rest() {
         assert_eq!(r.header("gannet-error"), Some("unknown-host"));
         assert_eq!(r.text(), "no app is served at this host\n");
     }
-    assert_eq!(gw.metric("gannet_rejections_total{kind=\"unknown-host\"}").await, 3.0);
     assert_eq!(
-        gw.metric("gannet_requests_total{app=\"hello\",status=\"200\"}").await,
+        gw.metric("gannet_rejections_total{kind=\"unknown-host\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        gw.metric("gannet_requests_total{app=\"hello\",status=\"200\"}")
+            .await,
         4.0
     );
 }
@@ -62,7 +77,10 @@ async fn echo_reflects_method_path_headers_and_body() {
                 "echo.test",
                 "PUT",
                 "/a/b?c=d&e",
-                &[("x-custom", "value 1"), ("content-type", "application/json")],
+                &[
+                    ("x-custom", "value 1"),
+                    ("content-type", "application/json"),
+                ],
                 Bytes::from_static(b"{\"k\": [1, 2, 3]}"),
             )
             .await
@@ -71,7 +89,10 @@ async fn echo_reflects_method_path_headers_and_body() {
         assert_eq!(r.header("x-echo-method"), Some("PUT"));
         assert_eq!(r.header("x-echo-path"), Some("/a/b?c=d&e"));
         assert_eq!(r.header("x-echo-header-x-custom"), Some("value 1"));
-        assert_eq!(r.header("x-echo-header-content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("x-echo-header-content-type"),
+            Some("application/json")
+        );
         assert_eq!(&r.body[..], b"{\"k\": [1, 2, 3]}");
     }
 }
@@ -80,7 +101,12 @@ async fn echo_reflects_method_path_headers_and_body() {
 async fn echo_streams_a_100_mib_body_without_buffering_it() {
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 400; // 100 MiB
-    let gw = Gateway::start(&app("echo", "echo", &["echo.test"], "[app.limits]\nmax_request_body = \"200MiB\"\nmax_response_body = \"200MiB\"\nwall_ms = 120000\ncpu_ms = 20000"));
+    let gw = Gateway::start(&app(
+        "echo",
+        "echo",
+        &["echo.test"],
+        "[app.limits]\nmax_request_body = \"200MiB\"\nmax_response_body = \"200MiB\"\nwall_ms = 120000\ncpu_ms = 20000",
+    ));
     let http = Http::h1();
     // Warm up, then measure the gateway's peak memory around the transfer.
     let _ = http.get(gw.addr, "echo.test", "/").await;
@@ -122,7 +148,12 @@ async fn echo_streams_a_100_mib_body_without_buffering_it() {
 async fn env_is_per_app_and_nothing_else_leaks() {
     let routes = [
         app("env-a", "env", &["a.test"], "env = { FOO = \"a\" }"),
-        app("env-b", "env", &["b.test"], "env = { FOO = \"b\", BAR = \"only-b\" }"),
+        app(
+            "env-b",
+            "env",
+            &["b.test"],
+            "env = { FOO = \"b\", BAR = \"only-b\" }",
+        ),
     ]
     .concat();
     let gw = Gateway::start(&routes);
