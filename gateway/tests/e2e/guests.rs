@@ -190,3 +190,45 @@ async fn javascript_and_python_guests_run_unchanged() {
         assert_eq!(r.body, payload, "{host}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_links_wasi_but_grants_nothing() {
+    // A listener the guest would reach if sockets were granted.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gw = Gateway::start(&app(
+        "probe",
+        "probe",
+        &["probe.test"],
+        "env = { ONLY = \"this\" }",
+    ));
+    let r = Http::h1()
+        .get(
+            gw.addr,
+            "probe.test",
+            &format!("/?connect=127.0.0.1:{port}"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    for attempt in [
+        "read_dir /:",
+        "read /etc/passwd:",
+        "write /tmp/x:",
+        "read_dir .:",
+        "tcp connect",
+        "tcp bind:",
+        "udp bind:",
+        "dns lookup:",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(attempt))
+            .unwrap_or_else(|| panic!("no `{attempt}` line in:\n{text}"));
+        assert!(line.contains(": denied"), "sandbox allowed {line}");
+    }
+    assert!(text.contains("stdin bytes: 0\n"), "{text}");
+    assert!(text.contains("env keys: ONLY\n"), "{text}");
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(accepted.is_err(), "the guest reached a loopback socket");
+}

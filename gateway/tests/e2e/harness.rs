@@ -35,7 +35,7 @@ pub fn shared_cache() -> PathBuf {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gannet-test-cache");
         let routes_dir = tempfile::tempdir().unwrap();
         let all = [
-            "hello", "echo", "env", "spin", "hog", "panic", "sleep", "print", "outbound",
+            "hello", "echo", "env", "spin", "hog", "panic", "sleep", "print", "outbound", "probe",
             "hello-js", "echo-js", "hello-py", "echo-py",
         ];
         let mut routes = String::new();

@@ -163,3 +163,32 @@ async fn env_is_per_app_and_nothing_else_leaks() {
     assert_eq!(a, "FOO=a\n");
     assert_eq!(b, "BAR=only-b\nFOO=b\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_apps_share_one_gateway() {
+    let routes: String = (0..300)
+        .map(|i| {
+            let component = if i % 2 == 0 { "env" } else { "hello" };
+            app(
+                &format!("app{i}"),
+                component,
+                &[&format!("app{i}.test")],
+                &format!("env = {{ N = \"{i}\", GREETING = \"g{i}\" }}"),
+            )
+        })
+        .collect();
+    let gw = Gateway::start(&routes);
+    assert_eq!(gw.metric("gannet_routes_apps").await, 300.0);
+    let http = Http::h1();
+    for i in (0..300).step_by(7) {
+        let r = http.get(gw.addr, &format!("app{i}.test"), "/").await;
+        let want = if i % 2 == 0 {
+            format!("GREETING=g{i}\nN={i}\n")
+        } else {
+            format!("g{i}, world\n")
+        };
+        assert_eq!((r.status, r.text()), (200, want), "app{i}");
+    }
+    // Two components serve all 300 apps: each compiled or loaded once.
+    assert_eq!(gw.metric("gannet_component_loads_total").await, 2.0);
+}
