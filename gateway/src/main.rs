@@ -54,6 +54,12 @@ struct Args {
     /// Bytes of each memory slot kept resident between instances.
     #[arg(long, default_value = "64MiB")]
     pool_keep_resident: ByteSize,
+    /// Pool slots released together in one batch (fewer TLB shootdowns).
+    #[arg(long, default_value_t = 16)]
+    pool_decommit_batch: usize,
+    /// Unused pool slots kept warm (image mapped) for reuse.
+    #[arg(long, default_value_t = 200)]
+    pool_warm_slots: u32,
     /// Allocate instances on demand instead of from a pool.
     #[arg(long)]
     no_pool: bool,
@@ -78,6 +84,8 @@ impl Args {
                 total_stacks: n,
                 linear_memory_keep_resident: usize::try_from(self.pool_keep_resident.bytes())
                     .unwrap_or(usize::MAX),
+                decommit_batch_size: self.pool_decommit_batch.max(1),
+                max_unused_warm_slots: self.pool_warm_slots,
                 ..PoolConfig::default()
             }
         });
