@@ -6,6 +6,7 @@
 //! written by a person (the gateway's routes file, for example).
 #![deny(missing_docs)]
 
+pub mod api;
 mod digest;
 mod id;
 mod limits;

@@ -30,6 +30,7 @@ pub mod host;
 pub mod limits;
 pub mod linker;
 pub mod outbound;
+pub mod validate;
 
 pub use artifact::{ArtifactSource, ArtifactStore};
 pub use engine::{AllocatorKind, EngineConfig, PoolConfig};
@@ -95,6 +96,20 @@ impl Runtime {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The linker with every granted interface.
+    pub fn linker(&self) -> &Linker<Host> {
+        &self.linker
+    }
+
+    /// Validates an upload against this runtime's engine and linker.
+    /// Blocking (compiles).
+    pub fn validate(
+        &self,
+        bytes: &[u8],
+    ) -> Result<validate::ComponentInfo, validate::ValidationError> {
+        validate::validate(&self.engine, &self.linker, bytes)
     }
 
     /// Which instance allocator the engine ended up with.

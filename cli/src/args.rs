@@ -1,0 +1,197 @@
+//! Command-line types only (clap). Resolved into settings in `settings.rs`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Gannet: deploy WebAssembly apps to the edge.
+#[derive(Parser, Debug)]
+#[command(name = "gannet", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Control API URL (overrides the stored login).
+    #[arg(long, global = true, env = "GANNET_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// API token (overrides the stored login).
+    #[arg(long, global = true, env = "GANNET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Store an endpoint and token for later commands (checked first).
+    Login {
+        /// Control API URL, e.g. http://127.0.0.1:7070
+        #[arg(long)]
+        endpoint: String,
+        /// Token from your operator (or `gannet admin tenants create`).
+        #[arg(long)]
+        token: String,
+    },
+    /// Show who the current token belongs to, its quotas and usage.
+    Whoami,
+    /// Create and list apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Upload a component and make it a new version of an app.
+    Deploy(DeployArgs),
+    /// List an app's versions.
+    Versions {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Make an earlier version live again.
+    Rollback {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// Version number (default: the one before the live one).
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Attach hostnames to an app.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
+    /// Manage your API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Show the audit log of your tenant's actions.
+    Audit,
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Create an app.
+    Create {
+        /// Its name (a-z, 0-9, '-').
+        name: String,
+    },
+    /// List your apps.
+    List,
+    /// Show one app.
+    Show {
+        /// The app.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The component (.wasm) to upload.
+    pub file: PathBuf,
+    /// The app to deploy to.
+    #[arg(long)]
+    pub app: String,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Memory limit, e.g. 64MiB.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU time limit per request, ms.
+    #[arg(long)]
+    pub cpu_ms: Option<u64>,
+    /// Wall-clock limit per request, ms.
+    #[arg(long)]
+    pub wall_ms: Option<u64>,
+    /// Instances running at once per gateway.
+    #[arg(long)]
+    pub max_inflight: Option<u32>,
+    /// A host the app may call (repeatable).
+    #[arg(long)]
+    pub outbound: Vec<String>,
+    /// Upload without making it the live version.
+    #[arg(long)]
+    pub no_activate: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainsCommand {
+    /// Add a hostname.
+    Add {
+        /// The hostname.
+        hostname: String,
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Remove a hostname.
+    Remove {
+        /// The hostname.
+        hostname: String,
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// List your tokens.
+    List,
+    /// Create a new token (shown once).
+    Create,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (from `gannet tokens list`).
+        id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Create a tenant and its first token.
+    Create {
+        /// Its name (a-z, 0-9, '-').
+        name: String,
+        /// Apps it may have.
+        #[arg(long)]
+        max_apps: Option<u32>,
+        /// Largest component, e.g. 20MiB.
+        #[arg(long)]
+        max_component_size: Option<String>,
+        /// Total stored components, e.g. 1GiB.
+        #[arg(long)]
+        max_total_bytes: Option<String>,
+        /// Versions kept per app.
+        #[arg(long)]
+        max_versions: Option<u32>,
+        /// Ceiling for apps' memory limit.
+        #[arg(long)]
+        max_memory: Option<String>,
+        /// Ceiling for apps' CPU limit, ms.
+        #[arg(long)]
+        max_cpu_ms: Option<u64>,
+        /// Ceiling for apps' wall-clock limit, ms.
+        #[arg(long)]
+        max_wall_ms: Option<u64>,
+    },
+    /// List tenants.
+    List,
+    /// Issue another token for a tenant.
+    Token {
+        /// The tenant.
+        name: String,
+    },
+}

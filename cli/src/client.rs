@@ -1,0 +1,141 @@
+//! The HTTP client: one method per API call, errors classified for exit codes.
+
+use gannet_model::api::Problem;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// A failed API call.
+#[derive(Debug)]
+pub enum ApiFailure {
+    /// The server refused the request (4xx): the user can fix it. Exit 1.
+    Refused { problem: Problem },
+    /// The server failed (5xx). Exit 2.
+    Server { status: StatusCode, body: String },
+    /// The server could not be reached or answered nonsense. Exit 2.
+    Network(String),
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiFailure::Refused { problem, .. } => {
+                write!(
+                    f,
+                    "{}",
+                    if problem.detail.is_empty() {
+                        &problem.title
+                    } else {
+                        &problem.detail
+                    }
+                )?;
+                for import in &problem.refused_imports {
+                    write!(f, "\n  refused import: {import}")?;
+                }
+                Ok(())
+            }
+            ApiFailure::Server { status, body } => {
+                write!(f, "the control API failed ({status}): {body}")
+            }
+            ApiFailure::Network(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl ApiFailure {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApiFailure::Refused { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A client for one endpoint and token.
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    token: String,
+}
+
+impl Client {
+    /// A client.
+    pub fn new(endpoint: &str, token: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// A request to `path` with the bearer token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.endpoint))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends and decodes JSON.
+    pub async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiFailure> {
+        let resp = req.send().await.map_err(|e| {
+            ApiFailure::Network(format!(
+                "cannot reach the control API at {}: {e}",
+                self.endpoint
+            ))
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiFailure::Network(format!("reading the response: {e}")))?;
+        if status.is_success() {
+            let body = if bytes.is_empty() {
+                b"null".as_slice()
+            } else {
+                &bytes
+            };
+            return serde_json::from_slice(body).map_err(|e| {
+                ApiFailure::Network(format!("unexpected response from the control API: {e}"))
+            });
+        }
+        if status.is_client_error() {
+            let problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
+                kind: "about:blank".into(),
+                title: status.to_string(),
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&bytes).into_owned(),
+                refused_imports: Vec::new(),
+            });
+            return Err(ApiFailure::Refused { problem });
+        }
+        Err(ApiFailure::Server {
+            status,
+            body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+        })
+    }
+
+    /// GET `path` as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiFailure> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    /// POST `body` as JSON to `path`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiFailure> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> Result<(), ApiFailure> {
+        self.send::<serde_json::Value>(self.request(Method::DELETE, path))
+            .await
+            .map(|_| ())
+    }
+}

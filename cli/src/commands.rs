@@ -1,0 +1,406 @@
+//! One function per command. Each prints data to stdout and returns.
+
+// Table headers are padded with the same widths as their rows.
+#![allow(clippy::print_literal)]
+
+use crate::args::{
+    AdminCommand, AppsCommand, Cli, Command, DeployArgs, DomainsCommand, TenantsCommand,
+    TokensCommand,
+};
+use crate::client::Client;
+use crate::settings;
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use gannet_model::ByteSize;
+use gannet_model::api::{
+    AddDomain, App, AuditEntry, CreateApp, CreateTenant, QuotaPatch, Rollback, Tenant,
+    TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde::Serialize;
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn when(ms: i64) -> String {
+    let secs = ms / 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(secs);
+    let ago = (now - secs).max(0);
+    match ago {
+        0..60 => format!("{ago}s ago"),
+        60..3600 => format!("{}m ago", ago / 60),
+        3600..86400 => format!("{}h ago", ago / 3600),
+        _ => format!("{}d ago", ago / 86400),
+    }
+}
+
+fn size(s: &Option<String>) -> Result<Option<ByteSize>> {
+    s.as_deref()
+        .map(|v| {
+            v.parse::<ByteSize>()
+                .with_context(|| format!("`{v}` is not a size (e.g. 64MiB)"))
+        })
+        .transpose()
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let json = cli.global.json;
+    if let Command::Login { endpoint, token } = &cli.command {
+        return login(endpoint, token, json).await;
+    }
+    let resolved = settings::resolve(cli.global.endpoint.clone(), cli.global.token.clone())?;
+    let client = Client::new(&resolved.endpoint, &resolved.token);
+    match cli.command {
+        Command::Login { .. } => unreachable!("handled above"),
+        Command::Whoami => {
+            let me: WhoAmI = client.get("/v1/whoami").await?;
+            if json {
+                return print_json(&me);
+            }
+            match &me.tenant {
+                None => println!("operator"),
+                Some(t) => {
+                    println!("tenant {}", t.name);
+                    println!("apps     {} of {}", me.apps, t.quotas.max_apps);
+                    println!(
+                        "storage  {} of {}",
+                        ByteSize(me.stored_bytes),
+                        t.quotas.max_total_bytes
+                    );
+                }
+            }
+        }
+        Command::Apps(cmd) => apps(&client, cmd, json).await?,
+        Command::Deploy(args) => deploy(&client, args, json).await?,
+        Command::Versions { app } => {
+            let versions: Vec<Version> = client.get(&format!("/v1/apps/{app}/versions")).await?;
+            if json {
+                return print_json(&versions);
+            }
+            println!(
+                "{:<8} {:<8} {:<14} {:<10} {}",
+                "VERSION", "LIVE", "DIGEST", "SIZE", "CREATED"
+            );
+            for v in versions {
+                println!(
+                    "{:<8} {:<8} {:<14} {:<10} {}",
+                    v.number,
+                    if v.active { "*" } else { "" },
+                    v.digest.short(),
+                    ByteSize(v.size_bytes).to_string(),
+                    when(v.created_ms)
+                );
+            }
+        }
+        Command::Rollback { app, to } => {
+            let a: App = client
+                .post(&format!("/v1/apps/{app}/rollback"), &Rollback { to })
+                .await?;
+            if json {
+                return print_json(&a);
+            }
+            println!(
+                "{} is now at version {}",
+                a.name,
+                a.active_version.unwrap_or(0)
+            );
+        }
+        Command::Domains(DomainsCommand::Add { hostname, app }) => {
+            let a: App = client
+                .post(
+                    &format!("/v1/apps/{app}/domains"),
+                    &AddDomain {
+                        hostname: hostname.clone(),
+                    },
+                )
+                .await?;
+            if json {
+                return print_json(&a);
+            }
+            println!("{hostname} now serves {}", a.name);
+        }
+        Command::Domains(DomainsCommand::Remove { hostname, app }) => {
+            client
+                .delete(&format!("/v1/apps/{app}/domains/{hostname}"))
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({"removed": hostname}));
+            }
+            println!("{hostname} removed from {app}");
+        }
+        Command::Tokens(cmd) => tokens(&client, cmd, json).await?,
+        Command::Audit => {
+            let entries: Vec<AuditEntry> = client.get("/v1/audit").await?;
+            if json {
+                return print_json(&entries);
+            }
+            println!(
+                "{:<10} {:<18} {:<24} {}",
+                "WHEN", "ACTION", "TARGET", "TOKEN"
+            );
+            for e in entries {
+                println!(
+                    "{:<10} {:<18} {:<24} {}",
+                    when(e.at_ms),
+                    e.action,
+                    e.target,
+                    e.token_id.map_or("-".into(), |t| t.to_string())
+                );
+            }
+        }
+        Command::Admin(AdminCommand::Tenants(cmd)) => tenants(&client, cmd, json).await?,
+    }
+    Ok(())
+}
+
+async fn login(endpoint: &str, token: &str, json: bool) -> Result<()> {
+    let client = Client::new(endpoint, token);
+    let me: WhoAmI = client
+        .get("/v1/whoami")
+        .await
+        .context("checking the token")?;
+    let path = settings::save(&settings::Login {
+        endpoint: Some(endpoint.trim_end_matches('/').to_string()),
+        token: Some(token.to_string()),
+    })?;
+    if json {
+        return print_json(&me);
+    }
+    match &me.tenant {
+        Some(t) => println!("logged in to {endpoint} as tenant {}", t.name),
+        None => println!("logged in to {endpoint} as operator"),
+    }
+    eprintln!("saved to {}", path.display());
+    Ok(())
+}
+
+async fn apps(client: &Client, cmd: AppsCommand, json: bool) -> Result<()> {
+    match cmd {
+        AppsCommand::Create { name } => {
+            let a: App = client.post("/v1/apps", &CreateApp { name }).await?;
+            if json {
+                return print_json(&a);
+            }
+            println!("created {} at {}", a.name, a.hostnames.join(", "));
+        }
+        AppsCommand::List => {
+            let list: Vec<App> = client.get("/v1/apps").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("{:<24} {:<8} {}", "APP", "VERSION", "HOSTNAMES");
+            for a in list {
+                let v = a.active_version.map_or("-".into(), |n| n.to_string());
+                println!("{:<24} {:<8} {}", a.name, v, a.hostnames.join(", "));
+            }
+        }
+        AppsCommand::Show { name } => {
+            let a: App = client.get(&format!("/v1/apps/{name}")).await?;
+            if json {
+                return print_json(&a);
+            }
+            println!("app       {}", a.name);
+            println!(
+                "version   {}",
+                a.active_version.map_or("none".into(), |n| n.to_string())
+            );
+            println!("hostnames {}", a.hostnames.join(", "));
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()> {
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let len = file.metadata().await?.len();
+    let mut query: Vec<(String, String)> = Vec::new();
+    for e in &args.env {
+        anyhow::ensure!(e.contains('='), "--env `{e}` must be KEY=VALUE");
+        query.push(("env".into(), e.clone()));
+    }
+    if let Some(m) = &args.memory {
+        m.parse::<ByteSize>()
+            .with_context(|| format!("--memory `{m}` is not a size (e.g. 64MiB)"))?;
+        query.push(("memory".into(), m.clone()));
+    }
+    for (k, v) in [
+        ("cpu_ms", args.cpu_ms),
+        ("wall_ms", args.wall_ms),
+        ("max_inflight", args.max_inflight.map(u64::from)),
+    ] {
+        if let Some(v) = v {
+            query.push((k.into(), v.to_string()));
+        }
+    }
+    for o in &args.outbound {
+        query.push(("outbound".into(), o.clone()));
+    }
+    if args.no_activate {
+        query.push(("activate".into(), "false".into()));
+    }
+
+    let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("uploading {}", args.file.display()));
+    let progress = bar.clone();
+    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            progress.inc(c.len() as u64);
+        }
+    });
+    let req = client
+        .request(Method::POST, &format!("/v1/apps/{}/versions", args.app))
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = client.send::<Version>(req).await;
+    bar.finish_and_clear();
+    let version = result?;
+    if json {
+        return print_json(&version);
+    }
+    println!(
+        "deployed {} version {} ({}, sha256:{}){}",
+        args.app,
+        version.number,
+        ByteSize(version.size_bytes),
+        version.digest.short(),
+        if version.active {
+            ""
+        } else {
+            " — not activated"
+        }
+    );
+    Ok(())
+}
+
+async fn tokens(client: &Client, cmd: TokensCommand, json: bool) -> Result<()> {
+    match cmd {
+        TokensCommand::List => {
+            let list: Vec<TokenInfo> = client.get("/v1/tokens").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<6} {:<16} {:<12} {:<12} {}",
+                "ID", "LABEL", "CREATED", "LAST USED", "STATE"
+            );
+            for t in list {
+                println!(
+                    "{:<6} {:<16} {:<12} {:<12} {}",
+                    t.id,
+                    t.label,
+                    when(t.created_ms),
+                    t.last_used_ms.map_or("never".into(), when),
+                    if t.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+        TokensCommand::Create => {
+            let t: TokenCreated = client.post("/v1/tokens", &serde_json::json!({})).await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("{}", t.token);
+            eprintln!("token {} created; it is shown only once", t.info.id);
+        }
+        TokensCommand::Revoke { id } => {
+            client.delete(&format!("/v1/tokens/{id}")).await?;
+            if json {
+                return print_json(&serde_json::json!({"revoked": id}));
+            }
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn tenants(client: &Client, cmd: TenantsCommand, json: bool) -> Result<()> {
+    match cmd {
+        TenantsCommand::Create {
+            name,
+            max_apps,
+            max_component_size,
+            max_total_bytes,
+            max_versions,
+            max_memory,
+            max_cpu_ms,
+            max_wall_ms,
+        } => {
+            let quotas = QuotaPatch {
+                max_apps,
+                max_component_size: size(&max_component_size)?,
+                max_total_bytes: size(&max_total_bytes)?,
+                max_versions_per_app: max_versions,
+                max_memory: size(&max_memory)?,
+                max_cpu_ms,
+                max_wall_ms,
+            };
+            let created: TenantCreated = client
+                .post("/v1/admin/tenants", &CreateTenant { name, quotas })
+                .await?;
+            if json {
+                return print_json(&created);
+            }
+            println!("{}", created.token);
+            eprintln!(
+                "tenant {} created; give it the token above (shown only once)",
+                created.tenant.name
+            );
+        }
+        TenantsCommand::List => {
+            let list: Vec<Tenant> = client.get("/v1/admin/tenants").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<24} {:<6} {:<12} {:<12}",
+                "TENANT", "APPS", "COMPONENT", "STORAGE"
+            );
+            for t in list {
+                println!(
+                    "{:<24} {:<6} {:<12} {:<12}",
+                    t.name,
+                    t.quotas.max_apps,
+                    t.quotas.max_component_size.to_string(),
+                    t.quotas.max_total_bytes.to_string()
+                );
+            }
+        }
+        TenantsCommand::Token { name } => {
+            let t: TokenCreated = client
+                .post(
+                    &format!("/v1/admin/tenants/{name}/tokens"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("{}", t.token);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The control API's configuration: plain data, resolved from the command
+//! line by `main.rs` (or built directly by tests and `gannet dev`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `AppState::build` needs.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `sqlite://PATH` (default `sqlite://<data-dir>/gannet.db`) or `postgres://…`.
+    pub database_url: String,
+    /// Local blobs, temporary uploads, compile cache.
+    pub data_dir: PathBuf,
+    /// Apps get `<app>-<tenant>.<platform_domain>`.
+    pub platform_domain: String,
+    /// An operator token to accept (GANNET_OPERATOR_TOKEN); otherwise one is
+    /// created and printed once, on first start.
+    pub operator_token: Option<String>,
+    /// Requests per second per token (0 disables the limit).
+    pub rate_limit_per_sec: f64,
+    /// Burst per token.
+    pub rate_limit_burst: f64,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            database_url: "sqlite://./data/gannet.db".into(),
+            data_dir: PathBuf::from("./data"),
+            platform_domain: "localhost".into(),
+            operator_token: None,
+            rate_limit_per_sec: 50.0,
+            rate_limit_burst: 200.0,
+            request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `ApiError`: every failure of the API, and the one place it becomes an
+//! `application/problem+json` response. Each kind has a stable `type` URI;
+//! 5xx details go to the log, never to the client.
+//!
+//! | kind | status |
+//! |---|---|
+//! | `unauthorized` (missing, wrong or revoked token) | 401 |
+//! | `forbidden` (a tenant token on an operator route) | 403 |
+//! | `not-found` (also: another tenant's resource) | 404 |
+//! | `conflict` (name or hostname taken) | 409 |
+//! | `invalid-request` (bad JSON, bad name, bad limit) | 400 |
+//! | `quota-exceeded` | 403 |
+//! | `limit-above-quota` | 403 |
+//! | `payload-too-large` | 413 |
+//! | `invalid-component` (not wasm, core module, malformed, no handler, does not compile) | 422 |
+//! | `unsupported-imports` (with `refused_imports`) | 422 |
+//! | `rate-limited` | 429 |
+//! | `internal` | 500 |
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gannet_model::api::Problem;
+use gannet_runtime::validate::ValidationError;
+
+const TYPE_BASE: &str = "https://gannet.dev/problems/";
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No valid token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid token without the role for this route.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Not found (or not the caller's).
+    #[error("{0}")]
+    NotFound(String),
+    /// Unique name or hostname taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A quota would be exceeded.
+    #[error("{0}")]
+    Quota(String),
+    /// A requested limit is above the tenant's ceiling.
+    #[error("{0}")]
+    LimitAboveQuota(String),
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The upload is not a runnable component.
+    #[error("{0}")]
+    Component(ValidationError),
+    /// Too many requests for this token.
+    #[error("too many requests for this token; slow down")]
+    RateLimited,
+    /// Anything else.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Invalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+            ),
+            ApiError::Quota(_) => (StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded"),
+            ApiError::LimitAboveQuota(_) => (
+                StatusCode::FORBIDDEN,
+                "limit-above-quota",
+                "Limit above quota",
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::Component(ValidationError::RefusedImports(_)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported-imports",
+                "Unsupported imports",
+            ),
+            ApiError::Component(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-component",
+                "Invalid component",
+            ),
+            ApiError::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limited",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// The problem document.
+    pub fn problem(&self) -> Problem {
+        let (status, kind, title) = self.parts();
+        Problem {
+            kind: format!("{TYPE_BASE}{kind}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            refused_imports: match self {
+                ApiError::Component(ValidationError::RefusedImports(v)) => v.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(format!("io: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, ApiError::RateLimited) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Maps a unique-constraint violation to 409 with `what`; other errors pass.
+pub fn on_unique(e: sqlx::Error, what: impl FnOnce() -> String) -> ApiError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::Conflict(what()),
+        _ => e.into(),
+    }
+}

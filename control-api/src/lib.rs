@@ -1,0 +1,153 @@
+//! gannet-control-api: the REST API (`/v1`) that holds tenants, tokens,
+//! apps, hostnames, component uploads, versions, quotas and the audit log.
+//!
+//! - [`store`]: every query, over SQLite or Postgres (one `AnyPool`);
+//! - [`blob`]: component bytes, in a local directory or in the database;
+//! - [`upload`]: the streaming upload pipeline (quota → sha256 → validate →
+//!   blob → version);
+//! - [`auth`]: tokens and the `TenantAuth`/`AdminAuth` extractors;
+//! - [`error`]: `ApiError` → `application/problem+json`;
+//! - [`routes`]: one module per resource, each exposing `router()`.
+//!
+//! It never runs guests; it only validates them with the runtime crate.
+
+pub mod auth;
+pub mod blob;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod store;
+pub mod testing;
+pub mod upload;
+
+pub use config::ApiConfig;
+
+use crate::auth::RateLimiter;
+use crate::blob::{BlobStore, DbBlobs, LocalBlobs};
+use crate::store::{Dialect, Store};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use gannet_runtime::{EngineConfig, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Component bytes.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Validates uploads with the platform's engine and linker.
+    pub runtime: Arc<Runtime>,
+    /// Settings.
+    pub config: Arc<ApiConfig>,
+    /// Per-token rate limit.
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// What [`AppState::build`] also reports: a bootstrap operator token, when
+/// one was created (it is shown once).
+pub struct Built {
+    /// The state.
+    pub state: AppState,
+    /// A newly created operator token, to print once.
+    pub bootstrap_token: Option<String>,
+}
+
+impl AppState {
+    /// Connects and migrates the database, opens the blob store, builds the
+    /// validation runtime, and makes sure an operator token exists (taking
+    /// `config.operator_token` or creating one).
+    pub async fn build(config: ApiConfig) -> anyhow::Result<Built> {
+        let store = Store::connect(&config.database_url).await?;
+        let blobs: Arc<dyn BlobStore> = match store.dialect() {
+            Dialect::Postgres => Arc::new(DbBlobs::new(store.pool().clone())),
+            Dialect::Sqlite => Arc::new(LocalBlobs::open(&config.data_dir.join("blobs"))?),
+        };
+        std::fs::create_dir_all(config.data_dir.join("tmp"))?;
+        let runtime_config = RuntimeConfig {
+            engine: EngineConfig {
+                pool: None,
+                ..EngineConfig::default()
+            },
+            cache_dir: config.data_dir.join("cache"),
+        };
+        let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config)).await??;
+        let mut bootstrap_token = None;
+        match &config.operator_token {
+            Some(token) => {
+                let hash = auth::hash_token(token);
+                if store.find_token(&hash).await?.is_none() {
+                    store
+                        .insert_token(None, "operator", &hash, "GANNET_OPERATOR_TOKEN")
+                        .await?;
+                }
+            }
+            None if !store.has_operator_token().await? => {
+                let token = auth::new_token();
+                store
+                    .insert_token(None, "operator", &auth::hash_token(&token), "bootstrap")
+                    .await?;
+                bootstrap_token = Some(token);
+            }
+            None => {}
+        }
+        let limiter = Arc::new(RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+        ));
+        Ok(Built {
+            state: AppState {
+                store,
+                blobs,
+                runtime: Arc::new(runtime),
+                config: Arc::new(config),
+                limiter,
+            },
+            bootstrap_token,
+        })
+    }
+}
+
+/// The whole API as a router (tests call it without a socket).
+pub fn app(state: AppState) -> Router {
+    let timeout = state.config.request_timeout;
+    Router::new()
+        .merge(routes::admin::router())
+        .merge(routes::account::router())
+        .merge(routes::apps::router())
+        .merge(routes::versions::router())
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        // JSON bodies are small; uploads stream and enforce their own limit.
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        // Bounds every request, including a slow upload and its validation.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        // Logs each request inside a span that carries its request id.
+        .layer(TraceLayer::new_for_http())
+        // Outermost: give every request an id and echo it in the response.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Default request timeout (uploads of large components compile here).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,0 +1,79 @@
+//! Operator routes: tenants and their tokens.
+
+use crate::AppState;
+use crate::auth::{AdminAuth, hash_token, new_token};
+use crate::error::{ApiError, on_unique};
+use crate::extract::{Json, Path};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use gannet_model::api::{CreateTenant, Quotas, Tenant, TenantCreated, TokenCreated};
+
+/// `/v1/admin/…`
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/admin/tenants/{name}/tokens", post(create_tenant_token))
+}
+
+async fn create_tenant(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Json(req): Json<CreateTenant>,
+) -> Result<(StatusCode, axum::Json<TenantCreated>), ApiError> {
+    super::check_name("tenant", &req.name)?;
+    let quotas = req.quotas.apply(&Quotas::default());
+    let (id, tenant) = s
+        .store
+        .create_tenant(&req.name, &quotas)
+        .await
+        .map_err(|e| on_unique(e, || format!("tenant `{}` already exists", req.name)))?;
+    let token = new_token();
+    s.store
+        .insert_token(Some(id), "tenant", &hash_token(&token), "initial")
+        .await?;
+    s.store
+        .audit(Some(id), auth.token_id, "tenant.create", &req.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TenantCreated { tenant, token }),
+    ))
+}
+
+async fn list_tenants(
+    State(s): State<AppState>,
+    _auth: AdminAuth,
+) -> Result<axum::Json<Vec<Tenant>>, ApiError> {
+    Ok(axum::Json(s.store.list_tenants().await?))
+}
+
+async fn create_tenant_token(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, axum::Json<TokenCreated>), ApiError> {
+    let id = s
+        .store
+        .tenant_id(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant `{name}`")))?;
+    let token = new_token();
+    s.store
+        .insert_token(Some(id), "tenant", &hash_token(&token), "operator-issued")
+        .await?;
+    s.store
+        .audit(Some(id), auth.token_id, "token.create", &name)
+        .await?;
+    let info = s
+        .store
+        .list_tokens(id)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("token just created is missing".into()))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TokenCreated { info, token }),
+    ))
+}

@@ -1,0 +1,348 @@
+//! Versions: upload (the deploy pipeline), list, rollback; and component
+//! downloads.
+//!
+//! `POST /v1/apps/{app}/versions` takes the component as the raw body and
+//! the version's settings in the query string: `env=K=V` (repeatable),
+//! `memory`, `cpu_ms`, `wall_ms`, `max_inflight`, `max_request_body`,
+//! `outbound` (repeatable), `activate` (default true). The pipeline: check
+//! the limits against the tenant's ceilings → stream the body to a temporary
+//! file within the size quota → sha256 → total-bytes quota → validate with
+//! the runtime (unless this exact blob was validated before) → store the
+//! blob → create the version in one transaction.
+
+use super::apps::app_of;
+use crate::AppState;
+use crate::auth::TenantAuth;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::upload;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gannet_model::api::{App, Quotas, Rollback, Version};
+use gannet_model::{ByteSize, Limits, Sha256Digest};
+use std::collections::BTreeMap;
+
+/// `/v1/apps/{app}/versions`, `/v1/apps/{app}/rollback`, `/v1/components/{digest}`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/apps/{app}/versions", post(upload).get(list))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/components/{digest}", get(download))
+}
+
+/// Most bytes read and discarded to deliver an early refusal.
+const DISCARD_CAP: u64 = 64 << 20;
+
+/// Settings of a new version, from the query string.
+#[derive(Debug, Default)]
+struct Spec {
+    env: BTreeMap<String, String>,
+    limits: Limits,
+    outbound: Vec<String>,
+    activate: bool,
+}
+
+fn parse_spec(pairs: Vec<(String, String)>) -> Result<Spec, ApiError> {
+    let mut spec = Spec {
+        activate: true,
+        ..Spec::default()
+    };
+    let bad = |k: &str, v: &str| ApiError::Invalid(format!("`{k}={v}` is not valid"));
+    for (k, v) in pairs {
+        match k.as_str() {
+            "env" => {
+                let (key, value) = v
+                    .split_once('=')
+                    .filter(|(key, _)| !key.is_empty())
+                    .ok_or_else(|| ApiError::Invalid(format!("env `{v}` must be KEY=VALUE")))?;
+                spec.env.insert(key.to_string(), value.to_string());
+            }
+            "memory" => spec.limits.memory = Some(v.parse().map_err(|_| bad(&k, &v))?),
+            "max_request_body" => {
+                spec.limits.max_request_body = Some(v.parse().map_err(|_| bad(&k, &v))?)
+            }
+            "cpu_ms" => spec.limits.cpu_ms = Some(v.parse().map_err(|_| bad(&k, &v))?),
+            "wall_ms" => spec.limits.wall_ms = Some(v.parse().map_err(|_| bad(&k, &v))?),
+            "max_inflight" => spec.limits.max_inflight = Some(v.parse().map_err(|_| bad(&k, &v))?),
+            "outbound" => spec.outbound.push(v),
+            "activate" => spec.activate = v.parse().map_err(|_| bad(&k, &v))?,
+            _ => return Err(ApiError::Invalid(format!("unknown parameter `{k}`"))),
+        }
+    }
+    Ok(spec)
+}
+
+fn check_ceilings(l: &Limits, q: &Quotas) -> Result<(), ApiError> {
+    let over = |what: &str, asked: String, max: String| {
+        Err(ApiError::LimitAboveQuota(format!(
+            "{what} {asked} is above the tenant's ceiling of {max}"
+        )))
+    };
+    if let Some(m) = l.memory
+        && m > q.max_memory
+    {
+        return over("memory", m.to_string(), q.max_memory.to_string());
+    }
+    if let Some(c) = l.cpu_ms
+        && c > q.max_cpu_ms
+    {
+        return over("cpu_ms", c.to_string(), q.max_cpu_ms.to_string());
+    }
+    if let Some(w) = l.wall_ms
+        && w > q.max_wall_ms
+    {
+        return over("wall_ms", w.to_string(), q.max_wall_ms.to_string());
+    }
+    if l.cpu_ms == Some(0) || l.wall_ms == Some(0) || l.max_inflight == Some(0) {
+        return Err(ApiError::Invalid("limits must be at least 1".into()));
+    }
+    Ok(())
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<Version>), ApiError> {
+    // Checks that need no body. When one fails, the body is read and
+    // discarded (up to a cap) so the client, still sending, gets the answer.
+    let checked = async {
+        let app = app_of(&s, &auth, &name).await?;
+        let spec = parse_spec(pairs)?;
+        let tenant = s.store.tenant(auth.tenant_id).await?;
+        check_ceilings(&spec.limits, &tenant.quotas)?;
+        Ok::<_, ApiError>((app, spec, tenant))
+    }
+    .await;
+    let (app, spec, tenant) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            upload::discard(body, DISCARD_CAP).await;
+            return Err(e);
+        }
+    };
+    let quotas = &tenant.quotas;
+    let max = quotas.max_component_size.bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::TooLarge(format!(
+            "the component is larger than the {} allowed",
+            quotas.max_component_size
+        )));
+    }
+    let received = upload::receive(body, max, &s.config.data_dir.join("tmp")).await?;
+
+    if !s
+        .store
+        .tenant_has_component(auth.tenant_id, &received.digest)
+        .await?
+    {
+        let stored = s.store.stored_bytes(auth.tenant_id).await?;
+        if stored + received.size > quotas.max_total_bytes.bytes() {
+            return Err(ApiError::Quota(format!(
+                "storing {} more would pass the tenant's {} of stored components ({} in use); roll back and let old versions be pruned, or ask the operator for more",
+                ByteSize(received.size),
+                quotas.max_total_bytes,
+                ByteSize(stored)
+            )));
+        }
+    }
+
+    // A blob is stored only after it validated, so a stored one is valid.
+    if !s
+        .blobs
+        .exists(&received.digest)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        let runtime = s.runtime.clone();
+        let path = received.file.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)?;
+            Ok::<_, std::io::Error>(runtime.validate(&bytes))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??
+        .map_err(ApiError::Component)?;
+        s.blobs
+            .put(&received.digest, &received.file)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+
+    let (number, orphans) = s
+        .store
+        .create_version(
+            auth.tenant_id,
+            &app,
+            &received.digest,
+            received.size,
+            &spec.env,
+            &spec.limits,
+            &spec.outbound,
+            spec.activate,
+            quotas.max_versions_per_app,
+        )
+        .await?;
+    for digest in orphans {
+        if let Ok(d) = digest.parse::<Sha256Digest>()
+            && let Err(e) = s.blobs.delete(&d).await
+        {
+            tracing::warn!(%digest, error = %e, "pruned blob not deleted");
+        }
+    }
+    s.store
+        .audit(
+            Some(auth.tenant_id),
+            auth.token_id,
+            "version.create",
+            &format!("{name}@{number}"),
+        )
+        .await?;
+    let app = app_of(&s, &auth, &name).await?;
+    let version = s
+        .store
+        .list_versions(&app)
+        .await?
+        .into_iter()
+        .find(|v| v.number == number)
+        .ok_or_else(|| ApiError::Internal("version just created is missing".into()))?;
+    Ok((StatusCode::CREATED, axum::Json(version)))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Vec<Version>>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    Ok(axum::Json(s.store.list_versions(&app).await?))
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+    Json(req): Json<Rollback>,
+) -> Result<axum::Json<App>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let versions = s.store.list_versions(&app).await?;
+    let target = match req.to {
+        Some(n) => n,
+        None => {
+            let active = versions
+                .iter()
+                .find(|v| v.active)
+                .map(|v| v.number)
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!(
+                        "app `{name}` has no active version to roll back from"
+                    ))
+                })?;
+            versions
+                .iter()
+                .map(|v| v.number)
+                .filter(|n| *n < active)
+                .max()
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!("app `{name}` has no version before {active}"))
+                })?
+        }
+    };
+    if !s.store.activate(&app, target).await? {
+        return Err(ApiError::NotFound(format!(
+            "app `{name}` has no version {target}"
+        )));
+    }
+    s.store
+        .audit(
+            Some(auth.tenant_id),
+            auth.token_id,
+            "version.rollback",
+            &format!("{name}@{target}"),
+        )
+        .await?;
+    let apps = s.store.list_apps(auth.tenant_id).await?;
+    apps.into_iter()
+        .find(|a| a.name == name)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no app `{name}`")))
+}
+
+async fn download(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    let digest: Sha256Digest = digest
+        .parse()
+        .map_err(|_| ApiError::Invalid(format!("`{digest}` is not a sha256 digest")))?;
+    if !s
+        .store
+        .tenant_has_component(auth.tenant_id, &digest)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("no component {digest}")));
+    }
+    let stream = s
+        .blobs
+        .get(&digest)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no component {digest}")))?;
+    let body = Body::from_stream(stream);
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_from_query() {
+        let pairs = vec![
+            ("env".into(), "A=1".into()),
+            ("env".into(), "B=x=y".into()),
+            ("memory".into(), "64MiB".into()),
+            ("cpu_ms".into(), "20".into()),
+            ("outbound".into(), "api.example.com".into()),
+            ("activate".into(), "false".into()),
+        ];
+        let s = parse_spec(pairs).unwrap();
+        assert_eq!(s.env["B"], "x=y");
+        assert_eq!(s.limits.memory, Some(ByteSize::mib(64)));
+        assert!(!s.activate);
+        assert!(parse_spec(vec![("env".into(), "novalue".into())]).is_err());
+        assert!(parse_spec(vec![("memory".into(), "lots".into())]).is_err());
+        assert!(parse_spec(vec![("colour".into(), "red".into())]).is_err());
+    }
+
+    #[test]
+    fn ceilings() {
+        let q = Quotas::default();
+        let mut l = Limits::default();
+        assert!(check_ceilings(&l, &q).is_ok());
+        l.memory = Some(ByteSize::mib(1024));
+        assert!(matches!(
+            check_ceilings(&l, &q),
+            Err(ApiError::LimitAboveQuota(_))
+        ));
+        l.memory = Some(q.max_memory);
+        assert!(check_ceilings(&l, &q).is_ok());
+        l.cpu_ms = Some(q.max_cpu_ms + 1);
+        assert!(matches!(
+            check_ceilings(&l, &q),
+            Err(ApiError::LimitAboveQuota(_))
+        ));
+    }
+}

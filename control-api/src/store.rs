@@ -1,0 +1,639 @@
+//! The store: every query the API makes, over one `sqlx::AnyPool` so the
+//! same code runs on SQLite (the embedded default) and Postgres. Queries use
+//! `$N` placeholders, which both drivers accept. Every tenant-facing method
+//! takes the tenant id first and filters by it. Unique violations surface as
+//! `sqlx::Error::Database` for the caller to map to 409.
+
+use gannet_model::api::{App, AuditEntry, Quotas, Tenant, TokenInfo, Version};
+use gannet_model::{ByteSize, Limits, Sha256Digest};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
+
+/// SQLite schema.
+pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+/// Postgres schema.
+pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (embedded, one process).
+    Sqlite,
+    /// Postgres (shared by replicas).
+    Postgres,
+}
+
+/// A connected, migrated store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// A token as the auth layer needs it.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Token id.
+    pub id: i64,
+    /// Its tenant (none for operators).
+    pub tenant_id: Option<i64>,
+    /// `operator` or `tenant`.
+    pub role: String,
+    /// Revocation time.
+    pub revoked_ms: Option<i64>,
+}
+
+/// An app row.
+#[derive(Debug, Clone)]
+pub struct AppRow {
+    /// App id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Active version id.
+    pub active_version_id: Option<i64>,
+}
+
+fn tenant_from(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
+    Ok(Tenant {
+        name: row.try_get("name")?,
+        created_ms: row.try_get("created_ms")?,
+        quotas: Quotas {
+            max_apps: row.try_get::<i64, _>("max_apps")? as u32,
+            max_component_size: ByteSize(row.try_get::<i64, _>("max_component_bytes")? as u64),
+            max_total_bytes: ByteSize(row.try_get::<i64, _>("max_total_bytes")? as u64),
+            max_versions_per_app: row.try_get::<i64, _>("max_versions_per_app")? as u32,
+            max_memory: ByteSize(row.try_get::<i64, _>("max_memory_bytes")? as u64),
+            max_cpu_ms: row.try_get::<i64, _>("max_cpu_ms")? as u64,
+            max_wall_ms: row.try_get::<i64, _>("max_wall_ms")? as u64,
+        },
+    })
+}
+
+const TENANT_COLUMNS: &str = "name, created_ms, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms";
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and migrates.
+    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database url `{url}`: use sqlite://PATH or postgres://…")
+                    .into(),
+            ));
+        };
+        let url =
+            if dialect == Dialect::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            } else {
+                url.to_string()
+            };
+        let max = if dialect == Dialect::Sqlite { 1 } else { 10 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await?;
+        if dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let migrator = match dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATOR,
+            Dialect::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&pool).await?;
+        Ok(Store { pool, dialect })
+    }
+
+    /// The database kind.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The pool (for blob storage in the database).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Stores a token hash; returns its id.
+    pub async fn insert_token(
+        &self,
+        tenant_id: Option<i64>,
+        role: &str,
+        hash: &str,
+        label: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query(
+            "INSERT INTO tokens (tenant_id, role, hash, label, created_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(role)
+        .bind(hash)
+        .bind(label)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_get("id")
+    }
+
+    /// Whether any operator token exists.
+    pub async fn has_operator_token(&self) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE role = 'operator' AND revoked_ms IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Looks a token up by hash and records its use.
+    pub async fn find_token(&self, hash: &str) -> Result<Option<TokenRow>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, tenant_id, role, revoked_ms FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token = TokenRow {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            role: row.try_get("role")?,
+            revoked_ms: row.try_get("revoked_ms")?,
+        };
+        if token.revoked_ms.is_none() {
+            sqlx::query("UPDATE tokens SET last_used_ms = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(token.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(token))
+    }
+
+    /// The tenant's tokens.
+    pub async fn list_tokens(&self, tenant_id: i64) -> Result<Vec<TokenInfo>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, label, created_ms, last_used_ms, revoked_ms FROM tokens WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    id: r.try_get("id")?,
+                    label: r.try_get("label")?,
+                    created_ms: r.try_get("created_ms")?,
+                    last_used_ms: r.try_get("last_used_ms")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one of the tenant's tokens; false if it has none with `id`.
+    pub async fn revoke_token(&self, tenant_id: i64, id: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_ms = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --------------------------------------------------------------- tenants
+
+    /// Creates a tenant; returns its id.
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        q: &Quotas,
+    ) -> Result<(i64, Tenant), sqlx::Error> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO tenants (name, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(name)
+        .bind(q.max_apps as i64)
+        .bind(q.max_component_size.bytes() as i64)
+        .bind(q.max_total_bytes.bytes() as i64)
+        .bind(q.max_versions_per_app as i64)
+        .bind(q.max_memory.bytes() as i64)
+        .bind(q.max_cpu_ms as i64)
+        .bind(q.max_wall_ms as i64)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            row.try_get("id")?,
+            Tenant {
+                name: name.to_string(),
+                quotas: q.clone(),
+                created_ms: now,
+            },
+        ))
+    }
+
+    /// A tenant by id.
+    pub async fn tenant(&self, id: i64) -> Result<Tenant, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        tenant_from(&row)
+    }
+
+    /// A tenant's id by name.
+    pub async fn tenant_id(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        let row = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("id")).transpose()
+    }
+
+    /// All tenants.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_from).collect()
+    }
+
+    /// Bytes of components the tenant holds.
+    pub async fn stored_bytes(&self, tenant_id: i64) -> Result<u64, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(c.size_bytes), 0) AS BIGINT) AS n FROM tenant_components t JOIN components c ON c.digest = t.digest WHERE t.tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Whether the tenant already holds `digest`.
+    pub async fn tenant_has_component(
+        &self,
+        tenant_id: i64,
+        digest: &Sha256Digest,
+    ) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tenant_components WHERE tenant_id = $1 AND digest = $2",
+        )
+        .bind(tenant_id)
+        .bind(digest.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    // ------------------------------------------------------------------ apps
+
+    /// Number of apps the tenant has.
+    pub async fn count_apps(&self, tenant_id: i64) -> Result<u32, sqlx::Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? as u32)
+    }
+
+    /// Creates an app with its platform hostname, in one transaction.
+    pub async fn create_app(
+        &self,
+        tenant_id: i64,
+        name: &str,
+        hostname: &str,
+    ) -> Result<App, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO apps (tenant_id, name, created_ms) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'platform', $3)")
+            .bind(hostname)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(App {
+            name: name.to_string(),
+            hostnames: vec![hostname.to_string()],
+            active_version: None,
+            created_ms: now,
+        })
+    }
+
+    /// One of the tenant's apps, by name.
+    pub async fn app_row(&self, tenant_id: i64, name: &str) -> Result<Option<AppRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, name, active_version_id FROM apps WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(AppRow {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                active_version_id: r.try_get("active_version_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The tenant's apps with hostnames and active version numbers.
+    pub async fn list_apps(&self, tenant_id: i64) -> Result<Vec<App>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.name, a.created_ms, v.number AS active FROM apps a LEFT JOIN versions v ON v.id = a.active_version_id \
+             WHERE a.tenant_id = $1 ORDER BY a.name",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut apps = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            apps.push(App {
+                name: r.try_get("name")?,
+                hostnames: self.hostnames(id).await?,
+                active_version: r.try_get::<Option<i64>, _>("active")?.map(|n| n as u32),
+                created_ms: r.try_get("created_ms")?,
+            });
+        }
+        Ok(apps)
+    }
+
+    /// An app's hostnames, platform one first.
+    pub async fn hostnames(&self, app_id: i64) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT hostname FROM hostnames WHERE app_id = $1 ORDER BY kind DESC, hostname",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("hostname")).collect()
+    }
+
+    /// Adds a custom hostname to an app.
+    pub async fn add_hostname(&self, app_id: i64, hostname: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
+            .bind(hostname)
+            .bind(app_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a custom hostname; false if the app has no such one.
+    pub async fn remove_hostname(&self, app_id: i64, hostname: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2 AND kind = 'custom'",
+        )
+        .bind(app_id)
+        .bind(hostname)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // -------------------------------------------------------------- versions
+
+    /// Records a component (idempotent) and the tenant's hold on it, then
+    /// creates the next version of the app, activates it if asked, and prunes
+    /// the oldest inactive versions over `keep`. One transaction. Returns the
+    /// new version number and the digests no longer held by anyone.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_version(
+        &self,
+        tenant_id: i64,
+        app: &AppRow,
+        digest: &Sha256Digest,
+        size_bytes: u64,
+        env: &BTreeMap<String, String>,
+        limits: &Limits,
+        outbound: &[String],
+        activate: bool,
+        keep: u32,
+    ) -> Result<(u32, Vec<String>), sqlx::Error> {
+        let now = now_ms();
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO components (digest, size_bytes, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(&digest)
+            .bind(size_bytes as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO tenant_components (tenant_id, digest, created_ms) VALUES ($1, $2, $3) ON CONFLICT (tenant_id, digest) DO NOTHING")
+            .bind(tenant_id)
+            .bind(&digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "UPDATE apps SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version",
+        )
+        .bind(app.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let number: i64 = row.try_get::<i64, _>("next_version")? - 1;
+        let row = sqlx::query(
+            "INSERT INTO versions (app_id, number, digest, env_json, limits_json, outbound_json, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(app.id)
+        .bind(number)
+        .bind(&digest)
+        .bind(to_json(env))
+        .bind(to_json(limits))
+        .bind(to_json(&outbound))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let version_id: i64 = row.try_get("id")?;
+        if activate {
+            sqlx::query("UPDATE apps SET active_version_id = $1 WHERE id = $2")
+                .bind(version_id)
+                .bind(app.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Prune: keep the newest `keep` versions and the active one.
+        let active = if activate {
+            Some(version_id)
+        } else {
+            app.active_version_id
+        };
+        let rows = sqlx::query("SELECT id FROM versions WHERE app_id = $1 ORDER BY number DESC")
+            .bind(app.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The active version always stays and uses one of the `keep` places.
+        let mut budget = keep.saturating_sub(u32::from(active.is_some()));
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            if Some(id) == active {
+                continue;
+            }
+            if budget > 0 {
+                budget -= 1;
+                continue;
+            }
+            sqlx::query("DELETE FROM versions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // The tenant's hold ends on components none of its versions use.
+        sqlx::query(
+            "DELETE FROM tenant_components WHERE tenant_id = $1 AND digest NOT IN \
+             (SELECT v.digest FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.tenant_id = $1)",
+        )
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        let orphans = sqlx::query("SELECT digest FROM components WHERE digest NOT IN (SELECT digest FROM tenant_components)")
+            .fetch_all(&mut *tx)
+            .await?;
+        let orphans: Vec<String> = orphans
+            .iter()
+            .map(|r| r.try_get("digest"))
+            .collect::<Result<_, _>>()?;
+        for d in &orphans {
+            sqlx::query("DELETE FROM components WHERE digest = $1")
+                .bind(d)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((number as u32, orphans))
+    }
+
+    /// The app's versions, newest first.
+    pub async fn list_versions(&self, app: &AppRow) -> Result<Vec<Version>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT v.id, v.number, v.digest, c.size_bytes, v.env_json, v.limits_json, v.outbound_json, v.created_ms \
+             FROM versions v JOIN components c ON c.digest = v.digest WHERE v.app_id = $1 ORDER BY v.number DESC",
+        )
+        .bind(app.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let decode = |col: &str| -> Result<String, sqlx::Error> { r.try_get(col) };
+                let bad = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+                Ok(Version {
+                    number: r.try_get::<i64, _>("number")? as u32,
+                    digest: decode("digest")?
+                        .parse()
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    size_bytes: r.try_get::<i64, _>("size_bytes")? as u64,
+                    env: serde_json::from_str(&decode("env_json")?).map_err(bad)?,
+                    limits: serde_json::from_str(&decode("limits_json")?).map_err(bad)?,
+                    outbound: serde_json::from_str(&decode("outbound_json")?).map_err(bad)?,
+                    active: app.active_version_id == Some(r.try_get("id")?),
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes version `number` the app's active one; false if it has none.
+    pub async fn activate(&self, app: &AppRow, number: u32) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE apps SET active_version_id = (SELECT id FROM versions WHERE app_id = $1 AND number = $2) \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM versions WHERE app_id = $1 AND number = $2)",
+        )
+        .bind(app.id)
+        .bind(number as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ----------------------------------------------------------------- audit
+
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        tenant_id: Option<i64>,
+        token_id: i64,
+        action: &str,
+        target: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO audit (tenant_id, token_id, action, target, at_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(tenant_id)
+            .bind(token_id)
+            .bind(action)
+            .bind(target)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant's audit log, newest first.
+    pub async fn list_audit(
+        &self,
+        tenant_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, action, target, token_id, at_ms FROM audit WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2")
+            .bind(tenant_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    token_id: r.try_get("token_id")?,
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A value as JSON text for a column.
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}

@@ -1,0 +1,163 @@
+//! Test support shared by this crate's tests and the CLI's: a fresh database
+//! per test (SQLite in a temporary directory, or a Postgres database created
+//! and dropped by the test), and the API served in-process on loopback.
+//!
+//! Postgres tests need `GANNET_TEST_POSTGRES_URL` (an admin connection, e.g.
+//! `postgres://postgres@127.0.0.1:5432/test`); `.ci/run` sets it. Without it
+//! they are skipped with a message — except under `CI=true`, where a missing
+//! Postgres is an error.
+
+use crate::{ApiConfig, AppState};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+/// The operator token the test APIs accept.
+pub const OPERATOR_TOKEN: &str = "gnt_test_operator_token_0123456789";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in a temporary directory.
+    Sqlite,
+    /// A fresh Postgres database.
+    Postgres,
+}
+
+/// The backends to run each test on: SQLite always, Postgres when configured.
+pub fn backends() -> Vec<Backend> {
+    match std::env::var("GANNET_TEST_POSTGRES_URL") {
+        Ok(_) => vec![Backend::Sqlite, Backend::Postgres],
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but GANNET_TEST_POSTGRES_URL is not set: Postgres tests must run in CI")
+        }
+        Err(_) => {
+            eprintln!("GANNET_TEST_POSTGRES_URL not set: running on SQLite only");
+            vec![Backend::Sqlite]
+        }
+    }
+}
+
+/// A database for one test; a Postgres one is dropped with it.
+pub struct TestDb {
+    /// URL to give the API.
+    pub url: String,
+    /// Data directory (blobs for SQLite, temporary uploads).
+    pub dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// Creates a fresh database on `backend`.
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("gannet.db").display()),
+                dir,
+                pg: None,
+            },
+            Backend::Postgres => {
+                let admin =
+                    std::env::var("GANNET_TEST_POSTGRES_URL").expect("GANNET_TEST_POSTGRES_URL");
+                let name = format!("gannet_t_{:016x}", rand::random::<u64>());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to Postgres");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    dir,
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // Dropped from sync code: use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut conn)
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// The API served in-process on `127.0.0.1:0`; stops on drop.
+pub struct TestApi {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state (store, blobs).
+    pub state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl TestApi {
+    /// Serves the API on `db` with the test operator token.
+    pub async fn start(db: &TestDb) -> TestApi {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Serves the API on `db` after `tweak` adjusts its config.
+    pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ApiConfig)) -> TestApi {
+        // Errors the API logs show up in the failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .try_init();
+        let mut config = ApiConfig {
+            database_url: db.url.clone(),
+            data_dir: db.dir.path().join("data"),
+            operator_token: Some(OPERATOR_TOKEN.into()),
+            rate_limit_per_sec: 0.0,
+            ..ApiConfig::default()
+        };
+        tweak(&mut config);
+        std::fs::create_dir_all(&config.data_dir).expect("data dir");
+        let built = AppState::build(config).await.expect("build API");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let state = built.state.clone();
+        tokio::spawn(crate::serve(listener, built.state, shutdown.clone()));
+        TestApi {
+            addr,
+            state,
+            shutdown,
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

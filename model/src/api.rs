@@ -1,0 +1,247 @@
+//! Wire types of the control API (`/v1`). The CLI and the API share them;
+//! every struct tolerates unknown fields so either side may be newer.
+
+use crate::{ByteSize, Limits, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A tenant's quotas: how much it may hold, and the ceilings for the limits
+/// its apps may ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Apps the tenant may have.
+    pub max_apps: u32,
+    /// Largest component it may upload.
+    pub max_component_size: ByteSize,
+    /// Total bytes of components it may store.
+    pub max_total_bytes: ByteSize,
+    /// Versions kept per app; older ones not in use are pruned.
+    pub max_versions_per_app: u32,
+    /// Ceiling for an app's `memory` limit.
+    pub max_memory: ByteSize,
+    /// Ceiling for an app's `cpu_ms` limit.
+    pub max_cpu_ms: u64,
+    /// Ceiling for an app's `wall_ms` limit.
+    pub max_wall_ms: u64,
+}
+
+impl Default for Quotas {
+    /// The platform's default quotas (admit a 25 MB componentize-py app).
+    fn default() -> Self {
+        Quotas {
+            max_apps: 20,
+            max_component_size: ByteSize::mib(32),
+            max_total_bytes: ByteSize::mib(512),
+            max_versions_per_app: 10,
+            max_memory: ByteSize::mib(256),
+            max_cpu_ms: 200,
+            max_wall_ms: 60_000,
+        }
+    }
+}
+
+/// Quota values to set; missing ones keep their current (or default) value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaPatch {
+    /// See [`Quotas::max_apps`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_apps: Option<u32>,
+    /// See [`Quotas::max_component_size`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_component_size: Option<ByteSize>,
+    /// See [`Quotas::max_total_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_bytes: Option<ByteSize>,
+    /// See [`Quotas::max_versions_per_app`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_versions_per_app: Option<u32>,
+    /// See [`Quotas::max_memory`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    /// See [`Quotas::max_cpu_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_ms: Option<u64>,
+    /// See [`Quotas::max_wall_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_ms: Option<u64>,
+}
+
+impl QuotaPatch {
+    /// `base` with this patch applied.
+    pub fn apply(&self, base: &Quotas) -> Quotas {
+        Quotas {
+            max_apps: self.max_apps.unwrap_or(base.max_apps),
+            max_component_size: self.max_component_size.unwrap_or(base.max_component_size),
+            max_total_bytes: self.max_total_bytes.unwrap_or(base.max_total_bytes),
+            max_versions_per_app: self
+                .max_versions_per_app
+                .unwrap_or(base.max_versions_per_app),
+            max_memory: self.max_memory.unwrap_or(base.max_memory),
+            max_cpu_ms: self.max_cpu_ms.unwrap_or(base.max_cpu_ms),
+            max_wall_ms: self.max_wall_ms.unwrap_or(base.max_wall_ms),
+        }
+    }
+}
+
+/// `POST /v1/admin/tenants`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTenant {
+    /// The tenant's name (an id: a-z, 0-9, '-').
+    pub name: String,
+    /// Quotas; unset ones take the platform defaults.
+    #[serde(default)]
+    pub quotas: QuotaPatch,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Its name.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// A tenant with the token created for it (shown once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCreated {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// Its first API token. Not retrievable again.
+    pub token: String,
+}
+
+/// What a token holder sees about itself: `GET /v1/whoami`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// `operator` or `tenant`.
+    pub role: String,
+    /// The tenant, for tenant tokens.
+    #[serde(default)]
+    pub tenant: Option<Tenant>,
+    /// Bytes of components the tenant stores.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Apps the tenant has.
+    #[serde(default)]
+    pub apps: u32,
+}
+
+/// A token's public record (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its id, for revocation.
+    pub id: i64,
+    /// A label.
+    pub label: String,
+    /// Creation time, ms.
+    pub created_ms: i64,
+    /// Last use, ms.
+    #[serde(default)]
+    pub last_used_ms: Option<i64>,
+    /// Revocation time, ms.
+    #[serde(default)]
+    pub revoked_ms: Option<i64>,
+}
+
+/// `POST /v1/tokens`: a new token for the caller's tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The record.
+    pub info: TokenInfo,
+    /// The secret, shown once.
+    pub token: String,
+}
+
+/// `POST /v1/apps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateApp {
+    /// The app's name (an id: a-z, 0-9, '-').
+    pub name: String,
+}
+
+/// An app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    /// Its name, unique within the tenant.
+    pub name: String,
+    /// Hostnames: the platform one first, then added ones.
+    pub hostnames: Vec<String>,
+    /// The number of the version in service, if any.
+    #[serde(default)]
+    pub active_version: Option<u32>,
+    /// Creation time, ms.
+    pub created_ms: i64,
+}
+
+/// An immutable version of an app: component + env + limits + allowlist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// 1, 2, 3… per app.
+    pub number: u32,
+    /// The component's digest.
+    pub digest: Sha256Digest,
+    /// The component's size.
+    pub size_bytes: u64,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Limits as requested.
+    pub limits: Limits,
+    /// Outbound host allowlist.
+    pub outbound: Vec<String>,
+    /// Whether it is the version in service.
+    pub active: bool,
+    /// Creation time, ms.
+    pub created_ms: i64,
+}
+
+/// `POST /v1/apps/{app}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// The version to return to; the one before the active one if unset.
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+/// `POST /v1/apps/{app}/domains`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddDomain {
+    /// The hostname.
+    pub hostname: String,
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: i64,
+    /// What happened: `app.create`, `version.create`, `token.revoke`, …
+    pub action: String,
+    /// What it happened to.
+    pub target: String,
+    /// Which token did it.
+    #[serde(default)]
+    pub token_id: Option<i64>,
+    /// When, ms.
+    pub at_ms: i64,
+}
+
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A stable URI per error kind, e.g. `https://gannet.dev/problems/quota-exceeded`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong this time, and what to do.
+    #[serde(default)]
+    pub detail: String,
+    /// For refused imports: each one, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_imports: Vec<String>,
+}
