@@ -16,6 +16,7 @@ pub mod blob;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 pub mod store;
 pub mod testing;
@@ -123,6 +124,15 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::apps::router())
         .merge(routes::versions::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    openapi::json(),
+                )
+            }),
+        )
         // JSON bodies are small; uploads stream and enforce their own limit.
         .layer(DefaultBodyLimit::max(64 * 1024))
         // Bounds every request, including a slow upload and its validation.
@@ -130,6 +140,8 @@ pub fn app(state: AppState) -> Router {
             http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        // JSON lists (versions, audit) shrink well; clients opt in.
+        .layer(tower_http::compression::CompressionLayer::new())
         // Logs each request inside a span that carries its request id.
         .layer(TraceLayer::new_for_http())
         // Outermost: give every request an id and echo it in the response.

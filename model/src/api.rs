@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 /// A tenant's quotas: how much it may hold, and the ceilings for the limits
 /// its apps may ask for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quotas {
     /// Apps the tenant may have.
     pub max_apps: u32,
@@ -42,6 +43,7 @@ impl Default for Quotas {
 
 /// Quota values to set; missing ones keep their current (or default) value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuotaPatch {
     /// See [`Quotas::max_apps`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +87,7 @@ impl QuotaPatch {
 
 /// `POST /v1/admin/tenants`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTenant {
     /// The tenant's name (an id: a-z, 0-9, '-').
     pub name: String,
@@ -95,6 +98,7 @@ pub struct CreateTenant {
 
 /// A tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Its name.
     pub name: String,
@@ -106,6 +110,7 @@ pub struct Tenant {
 
 /// A tenant with the token created for it (shown once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantCreated {
     /// The tenant.
     pub tenant: Tenant,
@@ -115,6 +120,7 @@ pub struct TenantCreated {
 
 /// What a token holder sees about itself: `GET /v1/whoami`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     /// `operator` or `tenant`.
     pub role: String,
@@ -131,6 +137,7 @@ pub struct WhoAmI {
 
 /// A token's public record (never the secret).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// Its id, for revocation.
     pub id: i64,
@@ -148,6 +155,7 @@ pub struct TokenInfo {
 
 /// `POST /v1/tokens`: a new token for the caller's tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// The record.
     pub info: TokenInfo,
@@ -157,6 +165,7 @@ pub struct TokenCreated {
 
 /// `POST /v1/apps`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApp {
     /// The app's name (an id: a-z, 0-9, '-').
     pub name: String,
@@ -164,6 +173,7 @@ pub struct CreateApp {
 
 /// An app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct App {
     /// Its name, unique within the tenant.
     pub name: String,
@@ -178,6 +188,7 @@ pub struct App {
 
 /// An immutable version of an app: component + env + limits + allowlist.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Version {
     /// 1, 2, 3… per app.
     pub number: u32,
@@ -199,6 +210,7 @@ pub struct Version {
 
 /// `POST /v1/apps/{app}/rollback`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollback {
     /// The version to return to; the one before the active one if unset.
     #[serde(default)]
@@ -207,6 +219,7 @@ pub struct Rollback {
 
 /// `POST /v1/apps/{app}/domains`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddDomain {
     /// The hostname.
     pub hostname: String,
@@ -214,6 +227,7 @@ pub struct AddDomain {
 
 /// One entry of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Its id.
     pub id: i64,
@@ -230,6 +244,7 @@ pub struct AuditEntry {
 
 /// An error, as `application/problem+json` (RFC 9457).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A stable URI per error kind, e.g. `https://gannet.dev/problems/quota-exceeded`.
     #[serde(rename = "type")]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 /// Limits as an app (or a routes file) states them: each one optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     /// Memory for one instance, all linear memories together.
     #[serde(default, skip_serializing_if = "Option::is_none")]

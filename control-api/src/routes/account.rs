@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
+use gannet_model::api::Problem;
 use gannet_model::api::{AuditEntry, TokenCreated, TokenInfo, WhoAmI};
 
 /// `/v1/whoami`, `/v1/tokens`, `/v1/audit`.
@@ -19,7 +20,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/audit", get(audit))
 }
 
-async fn whoami(State(s): State<AppState>, caller: Caller) -> Result<axum::Json<WhoAmI>, ApiError> {
+#[utoipa::path(get, path = "/v1/whoami", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "the caller", body = WhoAmI), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn whoami(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<WhoAmI>, ApiError> {
     Ok(axum::Json(match caller.tenant_id {
         None => WhoAmI {
             role: "operator".into(),
@@ -36,14 +42,18 @@ async fn whoami(State(s): State<AppState>, caller: Caller) -> Result<axum::Json<
     }))
 }
 
-async fn list_tokens(
+#[utoipa::path(get, path = "/v1/tokens", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "the tenant's tokens", body = [TokenInfo]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_tokens(
     State(s): State<AppState>,
     auth: TenantAuth,
 ) -> Result<axum::Json<Vec<TokenInfo>>, ApiError> {
     Ok(axum::Json(s.store.list_tokens(auth.tenant_id).await?))
 }
 
-async fn create_token(
+#[utoipa::path(post, path = "/v1/tokens", tag = "account", security(("bearer" = [])),
+    responses((status = 201, description = "a new token, shown once", body = TokenCreated), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_token(
     State(s): State<AppState>,
     auth: TenantAuth,
 ) -> Result<(StatusCode, axum::Json<TokenCreated>), ApiError> {
@@ -78,7 +88,9 @@ async fn create_token(
     ))
 }
 
-async fn revoke_token(
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "account", security(("bearer" = [])), params(("id" = i64, Path, description = "token id")),
+    responses((status = 204, description = "revoked"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn revoke_token(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(id): Path<i64>,
@@ -97,7 +109,9 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn audit(
+#[utoipa::path(get, path = "/v1/audit", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "the tenant's audit log, newest first", body = [AuditEntry]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn audit(
     State(s): State<AppState>,
     auth: TenantAuth,
 ) -> Result<axum::Json<Vec<AuditEntry>>, ApiError> {

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use gannet_model::api::Problem;
 use gannet_model::api::{CreateTenant, Quotas, Tenant, TenantCreated, TokenCreated};
 
 /// `/v1/admin/…`
@@ -17,7 +18,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/tenants/{name}/tokens", post(create_tenant_token))
 }
 
-async fn create_tenant(
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = [])), request_body = CreateTenant,
+    responses((status = 201, description = "created; the token is shown once", body = TenantCreated), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_tenant(
     State(s): State<AppState>,
     auth: AdminAuth,
     Json(req): Json<CreateTenant>,
@@ -42,14 +45,18 @@ async fn create_tenant(
     ))
 }
 
-async fn list_tenants(
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "all tenants", body = [Tenant]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_tenants(
     State(s): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<axum::Json<Vec<Tenant>>, ApiError> {
     Ok(axum::Json(s.store.list_tenants().await?))
 }
 
-async fn create_tenant_token(
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/tokens", tag = "admin", security(("bearer" = [])), params(("name" = String, Path, description = "tenant")),
+    responses((status = 201, description = "a new token for the tenant", body = TokenCreated), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_tenant_token(
     State(s): State<AppState>,
     auth: AdminAuth,
     Path(name): Path<String>,

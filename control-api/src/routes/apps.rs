@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
+use gannet_model::api::Problem;
 use gannet_model::api::{AddDomain, App, CreateApp};
 
 /// `/v1/apps…`
@@ -32,7 +33,9 @@ pub async fn app_of(
         .ok_or_else(|| ApiError::NotFound(format!("no app `{name}`")))
 }
 
-async fn create_app(
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", security(("bearer" = [])), request_body = CreateApp,
+    responses((status = 201, description = "created", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_app(
     State(s): State<AppState>,
     auth: TenantAuth,
     Json(req): Json<CreateApp>,
@@ -61,14 +64,18 @@ async fn create_app(
     Ok((StatusCode::CREATED, axum::Json(app)))
 }
 
-async fn list_apps(
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("bearer" = [])),
+    responses((status = 200, description = "the tenant's apps", body = [App]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_apps(
     State(s): State<AppState>,
     auth: TenantAuth,
 ) -> Result<axum::Json<Vec<App>>, ApiError> {
     Ok(axum::Json(s.store.list_apps(auth.tenant_id).await?))
 }
 
-async fn get_app(
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)),
+    responses((status = 200, description = "the app", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_app(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,
@@ -97,7 +104,9 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-async fn add_domain(
+#[utoipa::path(post, path = "/v1/apps/{app}/domains", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = AddDomain,
+    responses((status = 201, description = "added", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn add_domain(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,
@@ -134,7 +143,9 @@ async fn add_domain(
         .map(|a| (StatusCode::CREATED, a))
 }
 
-async fn remove_domain(
+#[utoipa::path(delete, path = "/v1/apps/{app}/domains/{hostname}", tag = "apps", security(("bearer" = [])), params(("app" = String, Path), ("hostname" = String, Path)),
+    responses((status = 204, description = "removed"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn remove_domain(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path((name, hostname)): Path<(String, String)>,

@@ -22,6 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gannet_model::api::Problem;
 use gannet_model::api::{App, Quotas, Rollback, Version};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use std::collections::BTreeMap;
@@ -36,6 +37,30 @@ pub fn router() -> Router<AppState> {
 
 /// Most bytes read and discarded to deliver an early refusal.
 const DISCARD_CAP: u64 = 64 << 20;
+
+/// The upload's query parameters, for the OpenAPI document. (The handler
+/// reads them as pairs, since `env` and `outbound` repeat.)
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct UploadParams {
+    /// `KEY=VALUE`; repeat for more.
+    env: Option<Vec<String>>,
+    /// Memory limit, e.g. `64MiB`.
+    memory: Option<String>,
+    /// CPU time per request, ms.
+    cpu_ms: Option<u64>,
+    /// Wall-clock time per request, ms.
+    wall_ms: Option<u64>,
+    /// Instances at once per gateway.
+    max_inflight: Option<u32>,
+    /// Largest request body, e.g. `10MiB`.
+    max_request_body: Option<String>,
+    /// A host the app may call; repeat for more.
+    outbound: Option<Vec<String>>,
+    /// Make it the live version (default true).
+    activate: Option<bool>,
+}
 
 /// Settings of a new version, from the query string.
 #[derive(Debug, Default)]
@@ -103,7 +128,9 @@ fn check_ceilings(l: &Limits, q: &Quotas) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn upload(
+#[utoipa::path(post, path = "/v1/apps/{app}/versions", tag = "versions", security(("bearer" = [])), params(("app" = String, Path), UploadParams), request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component's bytes"),
+    responses((status = 201, description = "the new version", body = Version), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn upload(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,
@@ -220,7 +247,9 @@ async fn upload(
     Ok((StatusCode::CREATED, axum::Json(version)))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/apps/{app}/versions", tag = "versions", security(("bearer" = [])), params(("app" = String, Path)),
+    responses((status = 200, description = "versions, newest first", body = [Version]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,
@@ -229,7 +258,9 @@ async fn list(
     Ok(axum::Json(s.store.list_versions(&app).await?))
 }
 
-async fn rollback(
+#[utoipa::path(post, path = "/v1/apps/{app}/rollback", tag = "versions", security(("bearer" = [])), params(("app" = String, Path)), request_body = Rollback,
+    responses((status = 200, description = "the app at its new version", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn rollback(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,
@@ -279,7 +310,9 @@ async fn rollback(
         .ok_or_else(|| ApiError::NotFound(format!("no app `{name}`")))
 }
 
-async fn download(
+#[utoipa::path(get, path = "/v1/components/{digest}", tag = "versions", security(("bearer" = [])), params(("digest" = String, Path, description = "sha256")),
+    responses((status = 200, description = "the component", content_type = "application/wasm", body = Vec<u8>), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn download(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(digest): Path<String>,

@@ -1,0 +1,54 @@
+//! The OpenAPI document, generated from the handlers' annotations and the
+//! model's schemas. Served at `/v1/openapi.json`; the checked-in copy
+//! (`control-api/openapi.json`) is compared with it by a test, and
+//! rewritten by running that test with `GANNET_UPDATE_OPENAPI=1`.
+
+use crate::routes::{account, admin, apps, versions};
+use gannet_model::api::*;
+use gannet_model::{ByteSize, Limits, Sha256Digest};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The API's OpenAPI description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Gannet control API", version = "1", description = "Tenants, tokens, apps, uploads, versions and quotas. Errors are application/problem+json with a stable `type` per kind."),
+    paths(
+        admin::create_tenant, admin::list_tenants, admin::create_tenant_token,
+        account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
+        apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::remove_domain,
+        versions::upload, versions::list, versions::rollback, versions::download,
+    ),
+    components(schemas(
+        Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
+        CreateApp, App, Version, Rollback, AddDomain, AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "admin", description = "Operator routes (operator token)"),
+        (name = "account", description = "The caller's tenant: tokens, audit log"),
+        (name = "apps", description = "Apps and hostnames"),
+        (name = "versions", description = "Uploads, versions, rollbacks"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The document as pretty JSON.
+pub fn json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
