@@ -68,6 +68,14 @@ pub enum Command {
     Tokens(TokensCommand),
     /// Show the audit log of your tenant's actions.
     Audit,
+    /// Show which version of an app is live at which PoP, with traffic.
+    Status {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Run the whole platform locally: control API, one gateway, a tenant.
+    Dev(DevArgs),
     /// Operator commands.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -117,6 +125,27 @@ pub struct DeployArgs {
     /// Upload without making it the live version.
     #[arg(long)]
     pub no_activate: bool,
+    /// Seconds to wait for every gateway to serve it (0: do not wait).
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// A component to deploy (app named after the file) and redeploy on change.
+    pub component: Option<PathBuf>,
+    /// Where the platform keeps its state.
+    #[arg(long, default_value = "./.gannet")]
+    pub state_dir: PathBuf,
+    /// The gateway's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_listen: std::net::SocketAddr,
+    /// The control API's address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api_listen: std::net::SocketAddr,
+    /// The gateway's admin address (metrics, probes).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +186,44 @@ pub enum AdminCommand {
     /// Manage tenants.
     #[command(subcommand)]
     Tenants(TenantsCommand),
+    /// Manage points of presence.
+    #[command(subcommand)]
+    Pops(PopsCommand),
+    /// Manage gateways.
+    #[command(subcommand)]
+    Gateways(GatewaysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PopsCommand {
+    /// Register a PoP.
+    Create {
+        /// Its name (a-z, 0-9, '-').
+        name: String,
+        /// Its region.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// Labels k=v,k=v.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+    },
+    /// List PoPs.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GatewaysCommand {
+    /// Issue a node token for a new gateway of a PoP (printed once).
+    Token {
+        /// The PoP.
+        #[arg(long)]
+        pop: String,
+    },
+    /// Revoke a gateway's node token.
+    Revoke {
+        /// Gateway id.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

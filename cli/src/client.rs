@@ -81,6 +81,14 @@ impl Client {
 
     /// Sends and decodes JSON.
     pub async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiFailure> {
+        self.send_with_headers(req).await.map(|(v, _)| v)
+    }
+
+    /// Sends and decodes JSON, returning the response headers too.
+    pub async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+    ) -> Result<(T, reqwest::header::HeaderMap), ApiFailure> {
         let resp = req.send().await.map_err(|e| {
             ApiFailure::Network(format!(
                 "cannot reach the control API at {}: {e}",
@@ -88,6 +96,7 @@ impl Client {
             ))
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp
             .bytes()
             .await
@@ -98,9 +107,11 @@ impl Client {
             } else {
                 &bytes
             };
-            return serde_json::from_slice(body).map_err(|e| {
-                ApiFailure::Network(format!("unexpected response from the control API: {e}"))
-            });
+            return serde_json::from_slice(body)
+                .map(|v| (v, headers))
+                .map_err(|e| {
+                    ApiFailure::Network(format!("unexpected response from the control API: {e}"))
+                });
         }
         if status.is_client_error() {
             let problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {

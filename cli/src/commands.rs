@@ -4,8 +4,8 @@
 #![allow(clippy::print_literal)]
 
 use crate::args::{
-    AdminCommand, AppsCommand, Cli, Command, DeployArgs, DomainsCommand, TenantsCommand,
-    TokensCommand,
+    AdminCommand, AppsCommand, Cli, Command, DeployArgs, DomainsCommand, GatewaysCommand,
+    PopsCommand, TenantsCommand, TokensCommand,
 };
 use crate::client::Client;
 use crate::settings;
@@ -55,10 +55,16 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Login { endpoint, token } = &cli.command {
         return login(endpoint, token, json).await;
     }
+    if let Command::Dev(args) = cli.command {
+        return crate::dev::run(args, json).await;
+    }
     let resolved = settings::resolve(cli.global.endpoint.clone(), cli.global.token.clone())?;
     let client = Client::new(&resolved.endpoint, &resolved.token);
     match cli.command {
-        Command::Login { .. } => unreachable!("handled above"),
+        Command::Login { .. } | Command::Dev(_) => unreachable!("handled above"),
+        Command::Status { app } => status(&client, &app, json).await?,
+        Command::Admin(AdminCommand::Pops(cmd)) => pops(&client, cmd, json).await?,
+        Command::Admin(AdminCommand::Gateways(cmd)) => gateways(&client, cmd, json).await?,
         Command::Whoami => {
             let me: WhoAmI = client.get("/v1/whoami").await?;
             if json {
@@ -217,7 +223,7 @@ async fn apps(client: &Client, cmd: AppsCommand, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()> {
+pub async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()> {
     let file = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("opening {}", args.file.display()))?;
@@ -271,24 +277,216 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()> {
         .header(reqwest::header::CONTENT_TYPE, "application/wasm")
         .header(reqwest::header::CONTENT_LENGTH, len)
         .body(reqwest::Body::wrap_stream(stream));
-    let result = client.send::<Version>(req).await;
+    let result = client.send_with_headers::<Version>(req).await;
     bar.finish_and_clear();
-    let version = result?;
+    let (version, headers) = result?;
+    if !json {
+        println!(
+            "deployed {} version {} ({}, sha256:{}){}",
+            args.app,
+            version.number,
+            ByteSize(version.size_bytes),
+            version.digest.short(),
+            if version.active {
+                ""
+            } else {
+                " — not activated"
+            }
+        );
+    }
+    let revision: i64 = headers
+        .get("gannet-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if version.active && args.wait_secs > 0 {
+        wait_live(
+            client,
+            &args.app,
+            revision,
+            std::time::Duration::from_secs(args.wait_secs),
+            json,
+        )
+        .await?;
+    }
     if json {
         return print_json(&version);
     }
-    println!(
-        "deployed {} version {} ({}, sha256:{}){}",
-        args.app,
-        version.number,
-        ByteSize(version.size_bytes),
-        version.digest.short(),
-        if version.active {
-            ""
-        } else {
-            " — not activated"
+    Ok(())
+}
+
+/// Waits until every gateway applied `revision` (or later), printing
+/// progress; fails naming the PoPs that have not, and why. A gateway that
+/// keeps refusing the revision for a second ends the wait at once.
+pub async fn wait_live(
+    client: &Client,
+    app: &str,
+    revision: i64,
+    timeout: std::time::Duration,
+    json: bool,
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    let mut refused_since: Option<Instant> = None;
+    loop {
+        let status: serde_json::Value = client.get(&format!("/v1/apps/{app}/status")).await?;
+        let gateways = status["gateways"].as_array().cloned().unwrap_or_default();
+        if gateways.is_empty() {
+            if !json {
+                eprintln!("no gateways are registered yet: it goes live when one connects");
+            }
+            return Ok(());
         }
+        let current =
+            |g: &serde_json::Value| g["applied_revision"].as_i64().unwrap_or(-1) >= revision;
+        let pops: std::collections::BTreeSet<&str> =
+            gateways.iter().filter_map(|g| g["pop"].as_str()).collect();
+        let live = pops
+            .iter()
+            .filter(|p| gateways.iter().filter(|g| g["pop"] == **p).all(current))
+            .count();
+        let line = format!("active at {live}/{} PoPs", pops.len());
+        if !json && line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if live == pops.len() {
+            return Ok(());
+        }
+        let any_refused = gateways
+            .iter()
+            .any(|g| !current(g) && g["last_error"].is_string());
+        refused_since = match (any_refused, refused_since) {
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let refused_long = refused_since.is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+        if refused_long || Instant::now() >= deadline {
+            let waiting: Vec<String> = gateways
+                .iter()
+                .filter(|g| !current(g))
+                .map(|g| {
+                    let why = g["last_error"].as_str().map_or_else(
+                        || "has not confirmed it".to_string(),
+                        |e| format!("refused it: {e}"),
+                    );
+                    format!(
+                        "PoP {} (gateway {}) {why}",
+                        g["pop"].as_str().unwrap_or("?"),
+                        g["gateway"]
+                    )
+                })
+                .collect();
+            anyhow::bail!("{app} is not live everywhere:\n  {}", waiting.join("\n  "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(client: &Client, app: &str, json: bool) -> Result<()> {
+    let status: serde_json::Value = client.get(&format!("/v1/apps/{app}/status")).await?;
+    if json {
+        return print_json(&status);
+    }
+    let revision = status["revision"].as_i64().unwrap_or(0);
+    println!(
+        "{app}: version {} (revision {revision})",
+        status["active_version"]
+            .as_u64()
+            .map_or("none".into(), |v| v.to_string())
     );
+    println!(
+        "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {}",
+        "POP", "GATEWAY", "LIVE", "VERSION", "REQUESTS", "ERRORS", "LAST ERROR"
+    );
+    for g in status["gateways"].as_array().cloned().unwrap_or_default() {
+        let live = g["applied_revision"].as_i64().unwrap_or(-1) >= revision;
+        println!(
+            "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {}",
+            g["pop"].as_str().unwrap_or("?"),
+            g["gateway"].to_string(),
+            if live { "yes" } else { "no" },
+            g["version"].as_u64().map_or("-".into(), |v| v.to_string()),
+            g["requests"].to_string(),
+            g["errors"].to_string(),
+            g["last_error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+async fn pops(client: &Client, cmd: PopsCommand, json: bool) -> Result<()> {
+    match cmd {
+        PopsCommand::Create {
+            name,
+            region,
+            labels,
+        } => {
+            let mut map = serde_json::Map::new();
+            for l in labels.iter().filter(|l| !l.is_empty()) {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("label `{l}` must be k=v"))?;
+                map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let pop: serde_json::Value = client
+                .post(
+                    "/v1/admin/pops",
+                    &serde_json::json!({"name": name, "region": region, "labels": map}),
+                )
+                .await?;
+            if json {
+                return print_json(&pop);
+            }
+            println!("PoP {name} created");
+        }
+        PopsCommand::List => {
+            let list: serde_json::Value = client.get("/v1/admin/pops").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("{:<16} {:<10} {}", "POP", "REGION", "LABELS");
+            for p in list.as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<16} {:<10} {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["region"].as_str().unwrap_or(""),
+                    p["labels"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn gateways(client: &Client, cmd: GatewaysCommand, json: bool) -> Result<()> {
+    match cmd {
+        GatewaysCommand::Token { pop } => {
+            let t: serde_json::Value = client
+                .post(
+                    &format!("/v1/admin/pops/{pop}/gateways"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("{}", t["token"].as_str().unwrap_or(""));
+            eprintln!(
+                "node token for gateway {} of PoP {pop}; shown only once",
+                t["gateway_id"]
+            );
+        }
+        GatewaysCommand::Revoke { id } => {
+            client.delete(&format!("/v1/admin/gateways/{id}")).await?;
+            if json {
+                return print_json(&serde_json::json!({"revoked": id}));
+            }
+            println!("gateway {id} revoked");
+        }
+    }
     Ok(())
 }
 

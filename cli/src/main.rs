@@ -7,6 +7,7 @@
 mod args;
 mod client;
 mod commands;
+mod dev;
 mod settings;
 
 use args::Cli;

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod blob;
 pub mod config;
+pub mod desired_state;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -49,6 +50,10 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Per-token rate limit.
     pub limiter: Arc<RateLimiter>,
+    /// Wakes gateways' long-polls when the desired state changes.
+    pub notifier: desired_state::Notifier,
+    /// Cancelled when the server stops (ends long-polls).
+    pub shutdown: CancellationToken,
 }
 
 /// What [`AppState::build`] also reports: a bootstrap operator token, when
@@ -102,6 +107,10 @@ impl AppState {
             config.rate_limit_per_sec,
             config.rate_limit_burst,
         ));
+        let notifier = desired_state::Notifier::new(store.revision().await?);
+        if store.dialect() == Dialect::Postgres {
+            desired_state::listen_postgres(config.database_url.clone(), notifier.clone());
+        }
         Ok(Built {
             state: AppState {
                 store,
@@ -109,6 +118,8 @@ impl AppState {
                 runtime: Arc::new(runtime),
                 config: Arc::new(config),
                 limiter,
+                notifier,
+                shutdown: CancellationToken::new(),
             },
             bootstrap_token,
         })
@@ -123,6 +134,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::account::router())
         .merge(routes::apps::router())
         .merge(routes::versions::router())
+        .merge(routes::pops::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/v1/openapi.json",
@@ -156,8 +168,12 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let polls = state.shutdown.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            polls.cancel();
+        })
         .await
 }
 

@@ -6,11 +6,28 @@ use gannet_runtime::EngineConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How a gateway follows the control API.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    /// Base URL, e.g. `http://127.0.0.1:7070`.
+    pub url: String,
+    /// The PoP this gateway belongs to.
+    pub pop: String,
+    /// Its node token.
+    pub node_token: String,
+    /// Where the last applied snapshot and its components are kept.
+    pub state_dir: PathBuf,
+    /// Longest wait of one state poll.
+    pub poll_wait: Duration,
+}
+
 /// Everything `Gateway::build` needs.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// The routes file.
-    pub routes_path: PathBuf,
+    /// The routes file (a gateway without one follows the control API).
+    pub routes_path: Option<PathBuf>,
+    /// The control API to follow, instead of a routes file.
+    pub control: Option<ControlPlane>,
     /// Directory for precompiled artifacts.
     pub cache_dir: PathBuf,
     /// Engine and pool settings.
@@ -30,7 +47,8 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            routes_path: PathBuf::from("routes.toml"),
+            routes_path: None,
+            control: None,
             cache_dir: PathBuf::from("cache"),
             engine: EngineConfig::default(),
             defaults: ResolvedLimits::default(),

@@ -22,8 +22,9 @@ pub mod metrics;
 pub mod router;
 pub mod routes_file;
 pub mod server;
+pub mod sync;
 
-pub use config::GatewayConfig;
+pub use config::{ControlPlane, GatewayConfig};
 
 use crate::admin::Readiness;
 use crate::cache::{ComponentCache, PrepareError};
@@ -129,8 +130,15 @@ impl Gateway {
             readiness: Arc::new(Readiness::default()),
             reload: Mutex::new(HashMap::new()),
         };
-        gateway.reload().await?;
-        gateway.readiness.set_ready();
+        if gateway.config.routes_path.is_some() {
+            gateway.reload().await?;
+            gateway.readiness.set_ready();
+        } else if let Some(cp) = &gateway.config.control {
+            // Serve the last applied state at once, without the network.
+            if sync::boot_from_disk(&gateway, cp).await? {
+                gateway.readiness.set_ready();
+            }
+        }
         Ok(gateway)
     }
 
@@ -145,8 +153,12 @@ impl Gateway {
     }
 
     async fn try_reload(&self) -> Result<LoadSummary, GatewayError> {
+        let Some(path) = self.config.routes_path.clone() else {
+            return Err(GatewayError::Io(std::io::Error::other(
+                "this gateway follows the control API; it has no routes file to reload",
+            )));
+        };
         let mut memo = self.reload.lock().await;
-        let path = self.config.routes_path.clone();
         let bounds = LimitBounds {
             max_memory: self.config.max_app_memory(),
         };
@@ -158,10 +170,30 @@ impl Gateway {
         })
         .await
         .map_err(|e| GatewayError::Io(std::io::Error::other(e)))??;
+        let summary = self
+            .apply(
+                specs
+                    .iter()
+                    .cloned()
+                    .zip(digests.iter().map(|d| d.2))
+                    .collect(),
+            )
+            .await?;
+        for (spec, entry) in specs.iter().zip(digests) {
+            memo.insert(spec.component.clone(), entry);
+        }
+        Ok(summary)
+    }
 
-        // Warm: every component prepared before the table goes live.
+    /// Warms every component of `apps` (from the disk cache, or by
+    /// compiling), then swaps in the routing table they make, in one step.
+    /// On any error the table in service stays.
+    pub async fn apply(
+        &self,
+        apps: Vec<(AppSpec, Sha256Digest)>,
+    ) -> Result<LoadSummary, GatewayError> {
         let mut distinct = HashMap::new();
-        for (spec, (_, _, digest)) in specs.iter().zip(&digests) {
+        for (spec, digest) in &apps {
             distinct
                 .entry(*digest)
                 .or_insert((spec.id.to_string(), spec.component.clone()));
@@ -176,11 +208,9 @@ impl Gateway {
                     source,
                 })?;
         }
-
         let old = self.state.routes.load_full();
-        let mut entries = Vec::with_capacity(specs.len());
-        for (spec, (mtime, size, digest)) in specs.into_iter().zip(digests) {
-            memo.insert(spec.component.clone(), (mtime, size, digest));
+        let mut entries = Vec::with_capacity(apps.len());
+        for (spec, digest) in apps {
             let app = self.build_app(&spec, digest, old.app(&spec.id));
             entries.push((Arc::new(app), spec.hosts));
         }
@@ -237,6 +267,7 @@ impl Gateway {
                 }),
             },
             inflight,
+            report: spec.report.clone(),
         }
     }
 
@@ -260,6 +291,9 @@ impl Gateway {
             draining.cancelled().await;
             readiness.set_draining();
         });
+        if let Some(cp) = self.config.control.clone() {
+            tokio::spawn(sync::run(self.clone(), cp, shutdown.clone()));
+        }
         server::serve(
             listener,
             self.state.clone(),
@@ -269,6 +303,16 @@ impl Gateway {
         .await;
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         Ok(())
+    }
+
+    /// The readiness latch.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
     }
 
     /// The shared hot-path state (for tests and embedding).

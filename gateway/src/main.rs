@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gannet_gateway::{Gateway, GatewayConfig};
+use gannet_gateway::{ControlPlane, Gateway, GatewayConfig};
 use gannet_model::ByteSize;
 use gannet_runtime::{EngineConfig, PoolConfig};
 use std::net::SocketAddr;
@@ -25,8 +25,25 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "gannet-gateway", version)]
 struct Args {
     /// Routes file (TOML): hostnames → app id, component, env, limits.
-    #[arg(long, env = "GANNET_ROUTES")]
-    routes: PathBuf,
+    #[arg(
+        long,
+        env = "GANNET_ROUTES",
+        required_unless_present = "control_api",
+        conflicts_with = "control_api"
+    )]
+    routes: Option<PathBuf>,
+    /// Follow this control API instead of a routes file.
+    #[arg(long, env = "GANNET_CONTROL_API", requires_all = ["pop", "node_token"])]
+    control_api: Option<String>,
+    /// The PoP this gateway serves (with --control-api).
+    #[arg(long, env = "GANNET_POP")]
+    pop: Option<String>,
+    /// This gateway's node token (with --control-api).
+    #[arg(long, env = "GANNET_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
+    /// Where the last applied state and its components are kept (with --control-api).
+    #[arg(long, env = "GANNET_STATE_DIR", default_value = "./gannet-state")]
+    state_dir: PathBuf,
     /// Public listener (HTTP/1.1 and HTTP/2 prior knowledge).
     #[arg(long, env = "GANNET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -91,6 +108,16 @@ impl Args {
         });
         Ok(GatewayConfig {
             routes_path: self.routes.clone(),
+            control: match (&self.control_api, &self.pop, &self.node_token) {
+                (Some(url), Some(pop), Some(token)) => Some(ControlPlane {
+                    url: url.clone(),
+                    pop: pop.clone(),
+                    node_token: token.clone(),
+                    state_dir: self.state_dir.clone(),
+                    poll_wait: Duration::from_secs(30),
+                }),
+                _ => None,
+            },
             cache_dir: self.cache_dir.clone(),
             engine: EngineConfig {
                 pool,

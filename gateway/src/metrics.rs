@@ -18,6 +18,11 @@
 //! | `gannet_guest_log_lines_dropped_total` | counter | app |
 //! | `gannet_routes_reloads_total` | counter | result (ok, error) |
 //! | `gannet_routes_apps` | gauge | |
+//! | `gannet_sync_revision` | gauge | |
+//! | `gannet_sync_applies_total` | counter | result (ack, nack) |
+//! | `gannet_sync_apply_duration_seconds` | histogram | |
+//! | `gannet_sync_downloads_total`, `gannet_sync_download_bytes_total` | counter | |
+//! | `gannet_sync_last_success_timestamp_seconds` | gauge | |
 
 use std::sync::OnceLock;
 
@@ -50,6 +55,12 @@ pub struct Metrics {
     pub(crate) log_dropped: IntCounterVec,
     pub(crate) reloads: IntCounterVec,
     pub(crate) apps: IntGauge,
+    pub(crate) sync_revision: IntGauge,
+    pub(crate) sync_applies: IntCounterVec,
+    pub(crate) sync_apply_seconds: Histogram,
+    pub(crate) sync_downloads: IntCounter,
+    pub(crate) sync_download_bytes: IntCounter,
+    pub(crate) sync_last_success: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -199,6 +210,51 @@ impl Metrics {
                 &r,
                 IntGauge::new("gannet_routes_apps", "Apps in the routing table.")?,
             ),
+            sync_revision: reg(
+                &r,
+                IntGauge::new("gannet_sync_revision", "Desired-state revision applied.")?,
+            ),
+            sync_applies: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_sync_applies_total",
+                        "Revisions applied (ack) or refused (nack).",
+                    ),
+                    &["result"],
+                )?,
+            ),
+            sync_apply_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gannet_sync_apply_duration_seconds",
+                        "Time to fetch, warm and swap a revision.",
+                    )
+                    .buckets(COMPILE_BUCKETS.to_vec()),
+                )?,
+            ),
+            sync_downloads: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_sync_downloads_total",
+                    "Components downloaded from the control API.",
+                )?,
+            ),
+            sync_download_bytes: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_sync_download_bytes_total",
+                    "Bytes of components downloaded.",
+                )?,
+            ),
+            sync_last_success: reg(
+                &r,
+                IntGauge::new(
+                    "gannet_sync_last_success_timestamp_seconds",
+                    "When the control API last answered a poll (sync lag = now - this).",
+                )?,
+            ),
             registry: r,
         })
     }
@@ -231,6 +287,10 @@ pub struct AppMetrics {
     pub(crate) duration: Histogram,
     pub(crate) instantiate: Histogram,
     pub(crate) inflight: IntGauge,
+    /// Responses counted (for reports to the control API).
+    pub answered: std::sync::atomic::AtomicU64,
+    /// Of which 5xx.
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl AppMetrics {
@@ -245,11 +305,18 @@ impl AppMetrics {
             duration: m.duration.with_label_values(&[app, version]),
             instantiate: m.instantiate.with_label_values(&[app]),
             inflight: m.inflight.with_label_values(&[app]),
+            answered: Default::default(),
+            failed: Default::default(),
         }
     }
 
     /// Counts one response with `status`.
     pub fn count(&self, status: u16) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.answered.fetch_add(1, Relaxed);
+        if status >= 500 {
+            self.failed.fetch_add(1, Relaxed);
+        }
         match COMMON_STATUSES.iter().position(|&s| s == status) {
             Some(i) => self.by_status[i]
                 .get_or_init(|| {

@@ -27,6 +27,8 @@ pub struct App {
     pub inflight: Arc<Semaphore>,
     /// Metric handles.
     pub metrics: AppMetrics,
+    /// `tenant/app` and version, for apps from the control API.
+    pub report: Option<(String, u32)>,
 }
 
 impl App {

@@ -89,6 +89,9 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Outbound host allowlist.
     pub outbound: Vec<String>,
+    /// For apps from the control API: `tenant/app` and the version number,
+    /// reported back with request counts.
+    pub report: Option<(String, u32)>,
 }
 
 /// Bounds a routes file may not exceed.
@@ -187,6 +190,7 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
             env: app.env,
             limits: app.limits,
             outbound: app.outbound,
+            report: None,
         });
     }
     Ok(specs)

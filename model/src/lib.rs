@@ -11,6 +11,7 @@ mod digest;
 mod id;
 mod limits;
 mod size;
+pub mod snapshot;
 
 pub use digest::{DigestError, Sha256Digest};
 pub use id::{AppId, IdError};

@@ -138,6 +138,8 @@ pub(crate) async fn add_domain(
             &format!("{name} {hostname}"),
         )
         .await?;
+    let revision = s.store.record_change(app.id).await?;
+    s.notifier.bump(revision);
     get_app(State(s), auth, Path(name))
         .await
         .map(|a| (StatusCode::CREATED, a))
@@ -164,5 +166,7 @@ pub(crate) async fn remove_domain(
             &format!("{name} {hostname}"),
         )
         .await?;
+    let revision = s.store.record_change(app.id).await?;
+    s.notifier.bump(revision);
     Ok(StatusCode::NO_CONTENT)
 }

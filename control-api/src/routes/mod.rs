@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod apps;
+pub mod pops;
 pub mod versions;
 
 use crate::error::ApiError;

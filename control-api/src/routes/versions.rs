@@ -137,7 +137,7 @@ pub(crate) async fn upload(
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, axum::Json<Version>), ApiError> {
+) -> Result<(StatusCode, [(&'static str, String); 1], axum::Json<Version>), ApiError> {
     // Checks that need no body. When one fails, the body is read and
     // discarded (up to a cap) so the client, still sending, gets the answer.
     let checked = async {
@@ -236,6 +236,13 @@ pub(crate) async fn upload(
             &format!("{name}@{number}"),
         )
         .await?;
+    let revision = if spec.activate {
+        let r = s.store.record_change(app.id).await?;
+        s.notifier.bump(r);
+        r
+    } else {
+        s.store.app_revision(app.id).await?
+    };
     let app = app_of(&s, &auth, &name).await?;
     let version = s
         .store
@@ -244,8 +251,15 @@ pub(crate) async fn upload(
         .into_iter()
         .find(|v| v.number == number)
         .ok_or_else(|| ApiError::Internal("version just created is missing".into()))?;
-    Ok((StatusCode::CREATED, axum::Json(version)))
+    Ok((
+        StatusCode::CREATED,
+        [(REVISION_HEADER, revision.to_string())],
+        axum::Json(version),
+    ))
 }
+
+/// Response header carrying the desired-state revision a change produced.
+pub const REVISION_HEADER: &str = "gannet-revision";
 
 #[utoipa::path(get, path = "/v1/apps/{app}/versions", tag = "versions", security(("bearer" = [])), params(("app" = String, Path)),
     responses((status = 200, description = "versions, newest first", body = [Version]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
@@ -303,6 +317,8 @@ pub(crate) async fn rollback(
             &format!("{name}@{target}"),
         )
         .await?;
+    let revision = s.store.record_change(app.id).await?;
+    s.notifier.bump(revision);
     let apps = s.store.list_apps(auth.tenant_id).await?;
     apps.into_iter()
         .find(|a| a.name == name)

@@ -323,3 +323,78 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Starts the control API binary; returns it and its URL, draining stderr
+/// lines into `lines`.
+fn spawn_api(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    KillOnDrop,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gannet-control-api"));
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let url = loop {
+        let line = lines.next().expect("control API exited").unwrap();
+        seen.lock().unwrap().push(line.clone());
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (KillOnDrop(child), url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_start_prints_an_operator_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (p1, url, lines) = spawn_api(&["--data-dir", data], &[]);
+    let token = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("operator token (shown once; keep it): ")
+                .map(str::to_string)
+        })
+        .expect("bootstrap token printed");
+    assert_eq!(
+        Caller::new(&url, &token).get("/v1/whoami").await.json["role"],
+        "operator"
+    );
+    drop(p1);
+    // Restarted on the same SQLite database: no new token, the old one works.
+    let (_p2, url, lines) = spawn_api(&["--data-dir", data], &[]);
+    assert!(
+        !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("operator token"))
+    );
+    assert_eq!(
+        Caller::new(&url, &token).get("/v1/whoami").await.status,
+        StatusCode::OK
+    );
+    assert!(
+        dir.path().join("gannet.db").is_file(),
+        "SQLite database under --data-dir"
+    );
+}

@@ -1,0 +1,354 @@
+//! PoPs, gateways and the gateway ↔ control API protocol.
+//!
+//! Operators register PoPs and issue node tokens (one per gateway). A
+//! gateway long-polls `GET /v1/pops/{pop}/state?since=REV`: the answer comes
+//! at once when it is behind (a delta, or a snapshot when it is new or older
+//! than the retained feed), otherwise after a change or `wait_ms` (default
+//! 30 s) as 304. It downloads components by digest (only those its PoP
+//! serves) and ACKs or NACKs each revision with its request figures.
+
+use crate::AppState;
+use crate::auth::{AdminAuth, TenantAuth, hash_token, new_token};
+use crate::error::{ApiError, on_unique};
+use crate::extract::{Json, Path};
+use crate::routes::apps::app_of;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use gannet_model::Sha256Digest;
+use gannet_model::snapshot::GatewayAck;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `/v1/admin/pops…`, `/v1/pops/{pop}/…`, `/v1/apps/{app}/status`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/pops", post(create_pop).get(list_pops))
+        .route("/v1/admin/pops/{pop}/gateways", post(create_gateway))
+        .route("/v1/admin/gateways/{id}", delete(revoke_gateway))
+        .route("/v1/pops/{pop}/state", get(state))
+        .route("/v1/pops/{pop}/components/{digest}", get(component))
+        .route("/v1/pops/{pop}/ack", post(ack))
+        .route("/v1/apps/{app}/status", get(app_status))
+}
+
+/// `POST /v1/admin/pops`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatePop {
+    /// Name (a-z, 0-9, '-').
+    pub name: String,
+    /// Region label.
+    #[serde(default)]
+    pub region: String,
+    /// Free-form labels, e.g. `tier=canary`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A PoP.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pop {
+    /// Name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeToken {
+    /// The gateway's id (for revocation).
+    pub gateway_id: i64,
+    /// Its PoP.
+    pub pop: String,
+    /// The token.
+    pub token: String,
+}
+
+async fn create_pop(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Json(req): Json<CreatePop>,
+) -> Result<(StatusCode, axum::Json<Pop>), ApiError> {
+    super::check_name("PoP", &req.name)?;
+    s.store
+        .create_pop(&req.name, &req.region, &req.labels)
+        .await
+        .map_err(|e| on_unique(e, || format!("PoP `{}` already exists", req.name)))?;
+    s.store
+        .audit(None, auth.token_id, "pop.create", &req.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Pop {
+            name: req.name,
+            region: req.region,
+            labels: req.labels,
+        }),
+    ))
+}
+
+async fn list_pops(
+    State(s): State<AppState>,
+    _auth: AdminAuth,
+) -> Result<axum::Json<Vec<Pop>>, ApiError> {
+    let pops = s.store.list_pops().await?;
+    Ok(axum::Json(
+        pops.into_iter()
+            .map(|(name, region, labels)| Pop {
+                name,
+                region,
+                labels,
+            })
+            .collect(),
+    ))
+}
+
+async fn create_gateway(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Path(pop): Path<String>,
+) -> Result<(StatusCode, axum::Json<NodeToken>), ApiError> {
+    let pop_id = s.store.pop_id(&pop).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no PoP `{pop}`: create it with `gannet admin pops create`"
+        ))
+    })?;
+    let token = new_token();
+    let gateway_id = s.store.create_gateway(pop_id, &hash_token(&token)).await?;
+    s.store
+        .audit(None, auth.token_id, "gateway.token", &pop)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(NodeToken {
+            gateway_id,
+            pop,
+            token,
+        }),
+    ))
+}
+
+async fn revoke_gateway(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if !s.store.revoke_gateway(id).await? {
+        return Err(ApiError::NotFound(format!("no active gateway {id}")));
+    }
+    s.store
+        .audit(None, auth.token_id, "gateway.revoke", &id.to_string())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A gateway, authenticated by its node token, for the PoP in the path.
+pub struct NodeAuth {
+    /// Gateway id.
+    pub gateway_id: i64,
+    /// Its PoP.
+    pub pop: String,
+}
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized("missing node token"))?;
+        let (gateway_id, pop, revoked) = state
+            .store
+            .gateway_by_token(&hash_token(token.trim()))
+            .await?
+            .ok_or(ApiError::Unauthorized("unknown node token"))?;
+        if revoked {
+            return Err(ApiError::Unauthorized("this node token has been revoked"));
+        }
+        let axum::extract::Path(params) =
+            axum::extract::Path::<BTreeMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::Invalid(e.body_text()))?;
+        if params.get("pop") != Some(&pop) {
+            return Err(ApiError::Forbidden("a node token reads only its own PoP"));
+        }
+        Ok(NodeAuth { gateway_id, pop })
+    }
+}
+
+/// Query of a state poll.
+#[derive(Debug, Deserialize)]
+pub struct Poll {
+    /// The revision the gateway has applied (-1: none).
+    #[serde(default = "nothing_applied")]
+    pub since: i64,
+    /// Longest wait for a change, ms (at most 60 000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+fn nothing_applied() -> i64 {
+    -1
+}
+
+async fn state(
+    State(s): State<AppState>,
+    node: NodeAuth,
+    Query(q): Query<Poll>,
+) -> Result<Response, ApiError> {
+    s.store.touch_gateway(node.gateway_id).await?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(60_000));
+    let mut changes = s.notifier.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(update) = s.store.state_since(q.since).await? {
+            return Ok(axum::Json(update).into_response());
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(StatusCode::NOT_MODIFIED.into_response());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+            _ = s.shutdown.cancelled() => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        }
+    }
+}
+
+async fn component(
+    State(s): State<AppState>,
+    node: NodeAuth,
+    Path((_pop, digest)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let digest: Sha256Digest = digest
+        .parse()
+        .map_err(|_| ApiError::Invalid(format!("`{digest}` is not a sha256 digest")))?;
+    // Only components the PoP serves.
+    let served = s
+        .store
+        .deployed_apps(None)
+        .await?
+        .iter()
+        .any(|(_, a)| a.digest == digest);
+    if !served {
+        return Err(ApiError::NotFound(format!(
+            "PoP `{}` serves no component {digest}",
+            node.pop
+        )));
+    }
+    let stream = s
+        .blobs
+        .get(&digest)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no component {digest}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/wasm")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn ack(
+    State(s): State<AppState>,
+    node: NodeAuth,
+    Json(ack): Json<GatewayAck>,
+) -> Result<StatusCode, ApiError> {
+    if let Some(err) = &ack.error {
+        tracing::warn!(gateway = node.gateway_id, pop = %node.pop, failed = ?ack.failed_revision, error = %err, "gateway refused a revision");
+    }
+    s.store.record_ack(node.gateway_id, &ack).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One gateway's view of an app, for `gannet status` and deploy waits.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GatewayAppStatus {
+    /// PoP.
+    pub pop: String,
+    /// Gateway id.
+    pub gateway: i64,
+    /// Whether it applied the app's latest change.
+    pub current: bool,
+    /// Revision it applied.
+    pub applied_revision: i64,
+    /// Version of the app it reports serving.
+    pub version: Option<u32>,
+    /// Requests it answered for the app.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+    /// Why its last apply failed, if it did.
+    pub last_error: Option<String>,
+    /// Last contact, ms.
+    pub last_seen_ms: Option<i64>,
+}
+
+/// `GET /v1/apps/{app}/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// The app.
+    pub app: String,
+    /// Its live version.
+    pub active_version: Option<u32>,
+    /// The revision that last changed it.
+    pub revision: i64,
+    /// Every gateway.
+    pub gateways: Vec<GatewayAppStatus>,
+}
+
+async fn app_status(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+) -> Result<axum::Json<AppStatus>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let tenant = s.store.tenant(auth.tenant_id).await?;
+    let key = format!("{}/{}", tenant.name, name);
+    let revision = s.store.app_revision(app.id).await?;
+    let active_version = s
+        .store
+        .list_versions(&app)
+        .await?
+        .into_iter()
+        .find(|v| v.active)
+        .map(|v| v.number);
+    let gateways = s
+        .store
+        .gateway_states()
+        .await?
+        .into_iter()
+        .map(|g| {
+            let report = g.apps.iter().find(|r| r.key == key);
+            GatewayAppStatus {
+                pop: g.pop,
+                gateway: g.id,
+                current: g.applied_revision >= revision,
+                applied_revision: g.applied_revision,
+                version: report.map(|r| r.version),
+                requests: report.map_or(0, |r| r.requests),
+                errors: report.map_or(0, |r| r.errors),
+                last_error: g.last_error,
+                last_seen_ms: g.last_seen_ms,
+            }
+        })
+        .collect();
+    Ok(axum::Json(AppStatus {
+        app: name,
+        active_version,
+        revision,
+        gateways,
+    }))
+}

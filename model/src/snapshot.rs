@@ -1,0 +1,92 @@
+//! The gateway ↔ control API protocol: what a PoP should serve, and what
+//! gateways report back.
+
+use crate::{Limits, Sha256Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One app version as a gateway serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeployedApp {
+    /// Tenant name.
+    pub tenant: String,
+    /// App name (unique within the tenant).
+    pub app: String,
+    /// Version number.
+    pub version: u32,
+    /// The component to run.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Hostnames: platform one first.
+    pub hosts: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Outbound allowlist.
+    pub outbound: Vec<String>,
+}
+
+impl DeployedApp {
+    /// `tenant/app`, the key of an app across the platform.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.tenant, self.app)
+    }
+}
+
+/// The answer to a state poll.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateUpdate {
+    /// Everything the PoP serves at `revision` (first poll, or the poller
+    /// is older than the retained change feed).
+    Snapshot {
+        /// The revision.
+        revision: i64,
+        /// All apps.
+        apps: Vec<DeployedApp>,
+    },
+    /// What changed since the poller's revision.
+    Delta {
+        /// The revision the delta leads to.
+        revision: i64,
+        /// Apps added or changed.
+        upserts: Vec<DeployedApp>,
+        /// Keys (`tenant/app`) no longer served.
+        removals: Vec<String>,
+    },
+}
+
+/// What a gateway reports after applying (or failing to apply) a revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GatewayAck {
+    /// The revision now applied (the last good one on failure).
+    pub applied_revision: i64,
+    /// The revision that failed to apply, if any (a NACK).
+    #[serde(default)]
+    pub failed_revision: Option<i64>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Per app version: requests and errors since the gateway started.
+    #[serde(default)]
+    pub apps: Vec<AppReport>,
+}
+
+/// Request figures of one app version on one gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppReport {
+    /// `tenant/app`.
+    pub key: String,
+    /// Version number served.
+    pub version: u32,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+}
