@@ -338,8 +338,12 @@ pub async fn wait_live(
             }
             return Ok(());
         }
-        let current =
-            |g: &serde_json::Value| g["applied_revision"].as_i64().unwrap_or(-1) >= revision;
+        // `current`: the gateway applied the app's latest change and did not
+        // refuse this app's version in it.
+        let current = |g: &serde_json::Value| {
+            g["current"].as_bool().unwrap_or(false)
+                && g["applied_revision"].as_i64().unwrap_or(-1) >= revision
+        };
         let pops: std::collections::BTreeSet<&str> =
             gateways.iter().filter_map(|g| g["pop"].as_str()).collect();
         let live = pops
@@ -402,7 +406,7 @@ async fn status(client: &Client, app: &str, json: bool) -> Result<()> {
         "POP", "GATEWAY", "LIVE", "VERSION", "REQUESTS", "ERRORS", "LAST ERROR"
     );
     for g in status["gateways"].as_array().cloned().unwrap_or_default() {
-        let live = g["applied_revision"].as_i64().unwrap_or(-1) >= revision;
+        let live = g["current"].as_bool().unwrap_or(false);
         println!(
             "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {}",
             g["pop"].as_str().unwrap_or("?"),

@@ -11,7 +11,7 @@
 //! `NOTIFY gannet_state` and every replica's listener bumps its channel.
 
 use crate::store::{Dialect, Store, now_ms};
-use gannet_model::snapshot::{AppReport, DeployedApp, GatewayAck, StateUpdate};
+use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
 use sqlx::Row;
 use std::collections::BTreeMap;
 use tokio::sync::watch;
@@ -87,6 +87,8 @@ pub struct GatewayState {
     pub last_seen_ms: Option<i64>,
     /// What it served.
     pub apps: Vec<AppReport>,
+    /// Apps it refused.
+    pub failed_apps: Vec<FailedApp>,
 }
 
 /// A store result.
@@ -322,12 +324,13 @@ impl Store {
     /// Records a gateway's ACK or NACK and its report.
     pub async fn record_ack(&self, gateway_id: i64, ack: &GatewayAck) -> DbResult<()> {
         sqlx::query(
-            "UPDATE gateways SET applied_revision = $1, last_error = $2, last_seen_ms = $3, report_json = $4 WHERE id = $5",
+            "UPDATE gateways SET applied_revision = $1, last_error = $2, last_seen_ms = $3, report_json = $4, failed_json = $5 WHERE id = $6",
         )
         .bind(ack.applied_revision)
         .bind(ack.error.clone())
         .bind(now_ms())
         .bind(serde_json::to_string(&ack.apps).unwrap_or_else(|_| "[]".into()))
+        .bind(serde_json::to_string(&ack.failed_apps).unwrap_or_else(|_| "[]".into()))
         .bind(gateway_id)
         .execute(self.pool())
         .await?;
@@ -347,7 +350,7 @@ impl Store {
     /// Every active gateway with its state.
     pub async fn gateway_states(&self) -> DbResult<Vec<GatewayState>> {
         let rows = sqlx::query(
-            "SELECT g.id, p.name AS pop, g.applied_revision, g.last_error, g.last_seen_ms, g.report_json \
+            "SELECT g.id, p.name AS pop, g.applied_revision, g.last_error, g.last_seen_ms, g.report_json, g.failed_json \
              FROM gateways g JOIN pops p ON p.id = g.pop_id WHERE g.revoked_ms IS NULL ORDER BY p.name, g.id",
         )
         .fetch_all(self.pool())
@@ -361,6 +364,8 @@ impl Store {
                     last_error: r.try_get("last_error")?,
                     last_seen_ms: r.try_get("last_seen_ms")?,
                     apps: serde_json::from_str(&r.try_get::<String, _>("report_json")?)
+                        .unwrap_or_default(),
+                    failed_apps: serde_json::from_str(&r.try_get::<String, _>("failed_json")?)
                         .unwrap_or_default(),
                 })
             })

@@ -14,7 +14,7 @@ use crate::config::ControlPlane;
 use crate::routes_file::AppSpec;
 use crate::{Gateway, GatewayError};
 use bytes::Bytes;
-use gannet_model::snapshot::{AppReport, DeployedApp, GatewayAck, StateUpdate};
+use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
 use gannet_model::{AppId, Sha256Digest};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -33,8 +33,13 @@ use tokio_util::sync::CancellationToken;
 pub struct Applied {
     /// Its revision; -1 before anything was applied.
     pub revision: i64,
-    /// Its apps, by `tenant/app`.
+    /// Its apps, by `tenant/app`: what is served.
     pub apps: BTreeMap<String, DeployedApp>,
+    /// Versions the revision asks for that could not be taken yet (their
+    /// component failed to download or verify), with the reason. Their
+    /// previous version keeps serving; they are retried.
+    #[serde(default)]
+    pub pending: BTreeMap<String, (DeployedApp, String)>,
 }
 
 /// Why a revision could not be applied.
@@ -64,6 +69,7 @@ impl Default for Applied {
         Applied {
             revision: -1,
             apps: BTreeMap::new(),
+            pending: BTreeMap::new(),
         }
     }
 }
@@ -199,8 +205,12 @@ impl Api {
         Ok((status, body))
     }
 
-    async fn poll(&self, since: i64) -> Result<Option<StateUpdate>, SyncError> {
-        let wait = self.cp.poll_wait;
+    async fn poll(
+        &self,
+        since: i64,
+        wait: Option<Duration>,
+    ) -> Result<Option<StateUpdate>, SyncError> {
+        let wait = wait.unwrap_or(self.cp.poll_wait).min(self.cp.poll_wait);
         let path = format!(
             "/v1/pops/{}/state?since={since}&wait_ms={}",
             self.cp.pop,
@@ -258,30 +268,55 @@ impl Api {
     }
 }
 
-/// Fetches what `next` needs that is not on disk, verifying each digest.
-async fn fetch_missing(gateway: &Gateway, api: &Api, next: &Applied) -> Result<(), SyncError> {
-    for app in next.apps.values() {
-        let path = artifact_path(&api.cp, &app.digest);
-        if path.is_file() {
-            continue;
-        }
-        let bytes = api.download(&app.digest).await?;
-        let actual = Sha256Digest::from_bytes(Sha256::digest(&bytes).into());
-        if actual != app.digest {
-            return Err(SyncError::DigestMismatch {
-                expected: app.digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        let m = &gateway.state().metrics;
-        m.sync_downloads.inc();
-        m.sync_download_bytes.inc_by(bytes.len() as u64);
-        let dest = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&dest, &bytes))
-            .await
-            .map_err(|e| SyncError::Io(std::io::Error::other(e)))??;
+/// Makes sure `app`'s component is on disk, downloading and verifying it.
+async fn ensure_artifact(gateway: &Gateway, api: &Api, app: &DeployedApp) -> Result<(), SyncError> {
+    let path = artifact_path(&api.cp, &app.digest);
+    if path.is_file() {
+        return Ok(());
     }
+    let bytes = api.download(&app.digest).await?;
+    let actual = Sha256Digest::from_bytes(Sha256::digest(&bytes).into());
+    if actual != app.digest {
+        return Err(SyncError::DigestMismatch {
+            expected: app.digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    let m = &gateway.state().metrics;
+    m.sync_downloads.inc();
+    m.sync_download_bytes.inc_by(bytes.len() as u64);
+    tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+        .await
+        .map_err(|e| SyncError::Io(std::io::Error::other(e)))??;
     Ok(())
+}
+
+/// What to serve for `desired`: each app whose component is (now) on disk
+/// at its desired version; the others at their version in `current`, and
+/// listed as pending with the reason. One app's bad artifact never holds
+/// back the rest of a revision.
+async fn reconcile(gateway: &Gateway, api: &Api, current: &Applied, desired: &Applied) -> Applied {
+    let mut next = Applied {
+        revision: desired.revision,
+        apps: BTreeMap::new(),
+        pending: BTreeMap::new(),
+    };
+    for (key, app) in &desired.apps {
+        match ensure_artifact(gateway, api, app).await {
+            Ok(()) => {
+                next.apps.insert(key.clone(), app.clone());
+            }
+            Err(e) => {
+                tracing::error!(app = %key, version = app.version, error = %e, "cannot take this version; keeping the previous one");
+                if let Some(old) = current.apps.get(key) {
+                    next.apps.insert(key.clone(), old.clone());
+                }
+                next.pending
+                    .insert(key.clone(), (app.clone(), e.to_string()));
+            }
+        }
+    }
+    next
 }
 
 fn reports(gateway: &Gateway) -> Vec<AppReport> {
@@ -309,6 +344,7 @@ fn next_state(current: &Applied, update: StateUpdate) -> Applied {
         StateUpdate::Snapshot { revision, apps } => Applied {
             revision,
             apps: apps.into_iter().map(|a| (a.key(), a)).collect(),
+            pending: BTreeMap::new(),
         },
         StateUpdate::Delta {
             revision,
@@ -322,7 +358,11 @@ fn next_state(current: &Applied, update: StateUpdate) -> Applied {
             for a in upserts {
                 apps.insert(a.key(), a);
             }
-            Applied { revision, apps }
+            Applied {
+                revision,
+                apps,
+                pending: BTreeMap::new(),
+            }
         }
     }
 }
@@ -333,16 +373,27 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
         client: Client::builder(TokioExecutor::new()).build_http(),
         cp: cp.clone(),
     };
+    // `current`: what is served. `desired`: what the control API asks for.
     let mut current: Applied = std::fs::read_to_string(snapshot_path(&cp))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    let mut desired = current.clone();
+    for (key, (app, _)) in &current.pending {
+        desired.apps.insert(key.clone(), app.clone());
+    }
     let mut failed: Option<(i64, String)> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
+        // With versions pending, poll briefly so they are retried soon.
+        let wait = if current.pending.is_empty() && failed.is_none() {
+            None
+        } else {
+            Some(backoff)
+        };
         let polled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = api.poll(current.revision) => r,
+            r = api.poll(desired.revision, wait) => r,
         };
         let update = match polled {
             Ok(u) => {
@@ -359,19 +410,22 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
                 continue;
             }
         };
-        let Some(update) = update else {
-            // No change: a heartbeat with fresh figures.
-            let ack = ack_for(&gateway, &current, &failed);
-            if let Err(e) = api.ack(&ack).await {
-                tracing::debug!(error = %e, "heartbeat not delivered");
+        let retry = !current.pending.is_empty() || failed.is_some();
+        match update {
+            Some(update) => desired = next_state(&desired, update),
+            None if !retry => {
+                // No change: a heartbeat with fresh figures.
+                if let Err(e) = api.ack(&ack_for(&gateway, &current, &failed)).await {
+                    tracing::debug!(error = %e, "heartbeat not delivered");
+                }
+                backoff = Duration::from_millis(100);
+                continue;
             }
-            backoff = Duration::from_millis(100);
-            continue;
-        };
-        let next = next_state(&current, update);
+            None => {}
+        }
         let started = Instant::now();
-        let result = async {
-            fetch_missing(&gateway, &api, &next).await?;
+        let next = reconcile(&gateway, &api, &current, &desired).await;
+        let applied = async {
             apply_local(&gateway, &cp, &next).await?;
             let json = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
             let path = snapshot_path(&cp);
@@ -382,42 +436,64 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
         }
         .await;
         let m = &gateway.state().metrics;
-        match result {
+        match applied {
             Ok(()) => {
-                m.sync_applies.with_label_values(&["ack"]).inc();
                 m.sync_apply_seconds
                     .observe(started.elapsed().as_secs_f64());
+                let result = if next.pending.is_empty() {
+                    "ack"
+                } else {
+                    "nack"
+                };
+                m.sync_applies.with_label_values(&[result]).inc();
                 tracing::info!(
                     revision = next.revision,
                     apps = next.apps.len(),
+                    pending = next.pending.len(),
                     "applied revision"
                 );
                 current = next;
                 failed = None;
                 gateway.readiness().set_ready();
-                backoff = Duration::from_millis(100);
             }
             Err(e) => {
                 m.sync_applies.with_label_values(&["nack"]).inc();
-                tracing::error!(revision = next.revision, error = %e, "revision refused; keeping the last good state");
-                failed = Some((next.revision, e.to_string()));
+                tracing::error!(revision = desired.revision, error = %e, "revision refused; keeping the last good state");
+                failed = Some((desired.revision, e.to_string()));
             }
         }
         if let Err(e) = api.ack(&ack_for(&gateway, &current, &failed)).await {
             tracing::warn!(error = %e, "ack not delivered");
         }
-        if failed.is_some() {
-            sleep_with_jitter(&mut backoff, &shutdown).await;
+        if current.pending.is_empty() && failed.is_none() {
+            backoff = Duration::from_millis(100);
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 }
 
 fn ack_for(gateway: &Gateway, current: &Applied, failed: &Option<(i64, String)>) -> GatewayAck {
+    let failed_apps: Vec<FailedApp> = current
+        .pending
+        .iter()
+        .map(|(key, (app, error))| FailedApp {
+            key: key.clone(),
+            version: app.version,
+            error: error.clone(),
+        })
+        .collect();
+    let error = failed.as_ref().map(|f| f.1.clone()).or_else(|| {
+        failed_apps
+            .first()
+            .map(|f| format!("{}: {}", f.key, f.error))
+    });
     GatewayAck {
         applied_revision: current.revision,
         failed_revision: failed.as_ref().map(|f| f.0),
-        error: failed.as_ref().map(|f| f.1.clone()),
+        error,
         apps: reports(gateway),
+        failed_apps,
     }
 }
 

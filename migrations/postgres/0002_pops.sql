@@ -15,7 +15,8 @@ CREATE TABLE gateways (
     last_seen_ms BIGINT,
     applied_revision BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
-    report_json TEXT NOT NULL DEFAULT '[]'
+    report_json TEXT NOT NULL DEFAULT '[]',
+    failed_json TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX gateways_pop ON gateways(pop_id);
 

@@ -75,6 +75,22 @@ pub struct GatewayAck {
     /// Per app version: requests and errors since the gateway started.
     #[serde(default)]
     pub apps: Vec<AppReport>,
+    /// Apps of the applied revision the gateway could not take (it keeps
+    /// serving their previous version), with the reason.
+    #[serde(default)]
+    pub failed_apps: Vec<FailedApp>,
+}
+
+/// An app a gateway refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailedApp {
+    /// `tenant/app`.
+    pub key: String,
+    /// The version it could not take.
+    pub version: u32,
+    /// Why.
+    pub error: String,
 }
 
 /// Request figures of one app version on one gateway.

@@ -1,6 +1,8 @@
 //! The tenant flow through the real `gannet` binary against the control API
 //! (in-process, real socket), on SQLite and on Postgres.
 
+mod sync;
+
 use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestDb, backends};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -8,18 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// Runs `gannet` with `args`, a private HOME, and `env`.
-struct Cli {
+pub(crate) struct Cli {
     home: tempfile::TempDir,
 }
 
 impl Cli {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Cli {
             home: tempfile::tempdir().unwrap(),
         }
     }
 
-    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gannet"));
         cmd.args(args)
             .env_clear()
@@ -32,7 +34,7 @@ impl Cli {
         cmd.output().await.unwrap()
     }
 
-    async fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let out = self.run(args, env).await;
         assert!(
             out.status.success(),
@@ -43,7 +45,7 @@ impl Cli {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    async fn json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+    pub(crate) async fn json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
         serde_json::from_str(&self.ok(&all, env).await).unwrap()
@@ -64,7 +66,7 @@ impl Cli {
     }
 }
 
-fn example(name: &str) -> String {
+pub(crate) fn example(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(format!("{name}.wasm"));

@@ -332,15 +332,16 @@ async fn app_status(
         .into_iter()
         .map(|g| {
             let report = g.apps.iter().find(|r| r.key == key);
+            let refused = g.failed_apps.iter().find(|f| f.key == key);
             GatewayAppStatus {
                 pop: g.pop,
                 gateway: g.id,
-                current: g.applied_revision >= revision,
+                current: g.applied_revision >= revision && refused.is_none(),
                 applied_revision: g.applied_revision,
                 version: report.map(|r| r.version),
                 requests: report.map_or(0, |r| r.requests),
                 errors: report.map_or(0, |r| r.errors),
-                last_error: g.last_error,
+                last_error: refused.map(|f| f.error.clone()).or(g.last_error),
                 last_seen_ms: g.last_seen_ms,
             }
         })

@@ -1,0 +1,583 @@
+//! Edge sync across real processes on loopback: one control API, PoPs with
+//! one and two gateways, the CLI driving it.
+
+use crate::{Cli, example};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const OPERATOR: &str = "gnt_sync_test_operator_0123456789abcdef";
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_gannet")).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace (cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// A child process, killed on drop, whose stderr is kept.
+struct Proc {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns and waits for each `listening on` line it prints (in order).
+    fn spawn(mut cmd: Command, listening: usize) -> (Proc, Vec<String>) {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        for _ in 0..listening {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(a) => addrs.push(a),
+                Err(_) => panic!(
+                    "process did not start:\n{}",
+                    logs.lock().unwrap().join("\n")
+                ),
+            }
+        }
+        (Proc { child, logs }, addrs)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn control_api(data: &Path, listen: &str) -> (Proc, String) {
+    let mut cmd = Command::new(bin("gannet-control-api"));
+    cmd.args(["--listen", listen, "--rate-limit", "0"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("GANNET_OPERATOR_TOKEN", OPERATOR)
+        .env("RUST_LOG", "warn");
+    let (p, addrs) = Proc::spawn(cmd, 1);
+    (p, addrs[0].clone())
+}
+
+struct Gw {
+    proc: Proc,
+    url: String,
+    admin: String,
+}
+
+fn gateway(api: &str, pop: &str, token: &str, state: &Path, cache: &Path) -> Gw {
+    let mut cmd = Command::new(bin("gannet-gateway"));
+    cmd.args(["--control-api", api, "--pop", pop, "--node-token", token])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--pool-instances",
+            "32",
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("RUST_LOG", "info");
+    let (proc, addrs) = Proc::spawn(cmd, 2);
+    Gw {
+        proc,
+        url: addrs[0].clone(),
+        admin: addrs[1].clone(),
+    }
+}
+
+/// GET with a Host header over a new connection; (status, body).
+async fn get(url: &str, host: &str) -> Option<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/"))
+        .header("host", host)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+async fn eventually<F: AsyncFnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn metric(admin: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_follow_the_control_api_and_keep_serving_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("api");
+    let (api, api_url) = control_api(&data, "127.0.0.1:0");
+    let api_addr = api_url.trim_start_matches("http://").to_string();
+    let cli = Cli::new();
+    let op = [
+        ("GANNET_ENDPOINT", api_url.as_str()),
+        ("GANNET_TOKEN", OPERATOR),
+    ];
+
+    // Operator: a tenant, two PoPs, three node tokens.
+    let tenant = cli
+        .json(
+            &[
+                "admin",
+                "tenants",
+                "create",
+                "acme",
+                "--max-apps",
+                "200",
+                "--max-total-bytes",
+                "1GiB",
+            ],
+            &op,
+        )
+        .await;
+    let token = tenant["token"].as_str().unwrap().to_string();
+    cli.ok(
+        &[
+            "admin",
+            "pops",
+            "create",
+            "fra1",
+            "--region",
+            "eu",
+            "--labels",
+            "tier=canary",
+        ],
+        &op,
+    )
+    .await;
+    cli.ok(&["admin", "pops", "create", "ams1", "--region", "eu"], &op)
+        .await;
+    let pops = cli.json(&["admin", "pops", "list"], &op).await;
+    assert_eq!(pops[1]["labels"]["tier"], "canary", "{pops}");
+    let mut gws = Vec::new();
+    for (i, pop) in ["fra1", "ams1", "ams1"].into_iter().enumerate() {
+        let t = cli
+            .json(&["admin", "gateways", "token", "--pop", pop], &op)
+            .await;
+        let state = dir.path().join(format!("gw{i}"));
+        let g = gateway(
+            &api_url,
+            pop,
+            t["token"].as_str().unwrap(),
+            &state,
+            &dir.path().join("cache"),
+        );
+        gws.push((pop, t["token"].as_str().unwrap().to_string(), state, g));
+    }
+    // A node token reads only its own PoP.
+    let r = reqwest::Client::new()
+        .get(format!("{api_url}/v1/pops/ams1/state?since=-1&wait_ms=0"))
+        .bearer_auth(&gws[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Tenant: deploy; the CLI returns only when every PoP serves it.
+    let me = [
+        ("GANNET_ENDPOINT", api_url.as_str()),
+        ("GANNET_TOKEN", token.as_str()),
+    ];
+    cli.ok(&["apps", "create", "shop"], &me).await;
+    let out = cli
+        .run(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                "shop",
+                "--env",
+                "GREETING=v1",
+            ],
+            &me,
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("active at 2/2 PoPs"), "{stderr}");
+    for (_, _, _, g) in &gws {
+        assert_eq!(
+            get(&g.url, "shop-acme.localhost").await,
+            Some((200, "v1, world\n".into()))
+        );
+    }
+    let status = cli.json(&["status", "--app", "shop"], &me).await;
+    assert_eq!(status["gateways"].as_array().unwrap().len(), 3, "{status}");
+
+    // The control API goes away: gateways keep serving, new connections too.
+    api.kill();
+    for (_, _, _, g) in &gws {
+        for _ in 0..3 {
+            assert_eq!(
+                get(&g.url, "shop-acme.localhost").await,
+                Some((200, "v1, world\n".into()))
+            );
+        }
+    }
+    // A gateway restarted while the control API is down serves its last state.
+    let (pop, node_token, state, g) = gws.remove(2);
+    g.proc.kill();
+    let g = gateway(
+        &api_url,
+        pop,
+        &node_token,
+        &state,
+        &dir.path().join("cache"),
+    );
+    assert_eq!(
+        get(&g.url, "shop-acme.localhost").await,
+        Some((200, "v1, world\n".into()))
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", g.admin))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gws.push((pop, node_token, state, g));
+
+    // The control API returns on the same address: gateways resume from
+    // their revision and download only what they lack.
+    let (_api, _) = control_api(&data, &api_addr);
+    let out = cli
+        .run(
+            &["deploy", &example("env"), "--app", "shop", "--env", "V=2"],
+            &me,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (_, _, _, g) in &gws {
+        assert_eq!(
+            get(&g.url, "shop-acme.localhost").await,
+            Some((200, "V=2\n".into()))
+        );
+    }
+    assert_eq!(
+        metric(&gws[0].3.admin, "gannet_sync_downloads_total").await,
+        2.0,
+        "hello + env, once each"
+    );
+    assert_eq!(
+        metric(&gws[2].3.admin, "gannet_sync_downloads_total").await,
+        1.0,
+        "the restarted gateway had hello on disk"
+    );
+
+    // A tampered artifact: the blob on the API side no longer matches its
+    // digest. Gateways refuse it, keep serving the old version, and the CLI
+    // names the PoPs that refused it.
+    let echo = std::fs::read(example("echo")).unwrap();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&echo)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    cli.ok(
+        &["deploy", &example("echo"), "--app", "shop", "--no-activate"],
+        &me,
+    )
+    .await;
+    std::fs::write(
+        data.join("blobs").join(&digest),
+        b"\0asm\x0d\0\x01\0tampered",
+    )
+    .unwrap();
+    let out = cli
+        .run(
+            &[
+                "deploy",
+                &example("echo"),
+                "--app",
+                "shop",
+                "--wait-secs",
+                "20",
+            ],
+            &me,
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let st = cli.json(&["status", "--app", "shop"], &me).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{st:#}");
+    assert!(
+        stderr.contains("PoP fra1") && stderr.contains("refused it") && stderr.contains("hash to"),
+        "{stderr}"
+    );
+    for (_, _, _, g) in &gws {
+        assert_eq!(
+            get(&g.url, "shop-acme.localhost").await,
+            Some((200, "V=2\n".into()))
+        );
+        assert!(metric(&g.admin, "gannet_sync_applies_total{result=\"nack\"}").await >= 1.0);
+    }
+    let status = cli.json(&["status", "--app", "shop"], &me).await;
+    assert!(
+        status["gateways"][0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hash to"),
+        "{status}"
+    );
+
+    // 100 apps deployed in a burst converge on every gateway.
+    for i in 0..100 {
+        cli.ok(&["apps", "create", &format!("burst{i}")], &me).await;
+        cli.ok(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                &format!("burst{i}"),
+                "--env",
+                &format!("GREETING=b{i}"),
+                "--wait-secs",
+                "0",
+            ],
+            &me,
+        )
+        .await;
+    }
+    for (_, _, _, g) in &gws {
+        let admin = g.admin.clone();
+        assert!(
+            eventually(Duration::from_secs(60), async || metric(
+                &admin,
+                "gannet_routes_apps"
+            )
+            .await
+                == 101.0)
+            .await,
+            "gateway did not converge:\n{}",
+            g.proc.logs.lock().unwrap().join("\n")
+        );
+        for i in (0..100).step_by(9) {
+            assert_eq!(
+                get(&g.url, &format!("burst{i}-acme.localhost")).await,
+                Some((200, format!("b{i}, world\n")))
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gannet_dev_runs_the_readme_command() {
+    // The README's command, exactly: `gannet dev examples/hello.wasm`, run
+    // where `examples/hello.wasm` exists, on the default ports.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("examples")).unwrap();
+    let wasm = dir.path().join("examples/hello.wasm");
+    std::fs::copy(example("hello"), &wasm).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gannet"))
+        .args(["dev", "examples/hello.wasm"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let serving = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("serving examples/hello.wasm at ") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("gannet dev did not start");
+    assert_eq!(
+        serving,
+        "serving examples/hello.wasm at http://hello-dev.localhost:8080/"
+    );
+    let gateway = "http://127.0.0.1:8080";
+    assert_eq!(
+        get(gateway, "hello-dev.localhost").await,
+        Some((200, "hello, world\n".into()))
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".gannet/dev.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["gateway_url"], gateway);
+    assert_eq!(info["api_url"], "http://127.0.0.1:7070");
+    let token = info["token"].as_str().unwrap().to_string();
+    let cli = Cli::new();
+    let env = [
+        ("GANNET_ENDPOINT", "http://127.0.0.1:7070"),
+        ("GANNET_TOKEN", token.as_str()),
+    ];
+    let apps = cli.json(&["apps", "list"], &env).await;
+    assert_eq!(apps[0]["hostnames"][0], "hello-dev.localhost");
+
+    // Changing the file redeploys it.
+    std::fs::copy(example("env"), &wasm).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || get(
+            gateway,
+            "hello-dev.localhost"
+        )
+        .await
+            == Some((200, String::new())))
+        .await,
+        "the changed component was not redeployed"
+    );
+    let versions = cli.json(&["versions", "--app", "hello"], &env).await;
+    assert_eq!(versions[0]["number"], 2);
+
+    let pid = child.id().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_through_one_replica_wakes_pollers_on_another() {
+    let Ok(admin) = std::env::var("GANNET_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs GANNET_TEST_POSTGRES_URL"
+        );
+        return;
+    };
+    let db =
+        gannet_control_api::testing::TestDb::new(gannet_control_api::testing::Backend::Postgres)
+            .await;
+    let _ = admin;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |n: &str| {
+        let mut cmd = Command::new(bin("gannet-control-api"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+            "--database-url",
+            &db.url,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join(n))
+        .env("GANNET_OPERATOR_TOKEN", OPERATOR);
+        let (p, a) = Proc::spawn(cmd, 1);
+        (p, a[0].clone())
+    };
+    let (_r1, url1) = replica("r1");
+    let (_r2, url2) = replica("r2");
+    let cli = Cli::new();
+    let op1 = [
+        ("GANNET_ENDPOINT", url1.as_str()),
+        ("GANNET_TOKEN", OPERATOR),
+    ];
+    let tenant = cli
+        .json(&["admin", "tenants", "create", "acme"], &op1)
+        .await;
+    cli.ok(&["admin", "pops", "create", "fra1"], &op1).await;
+    let node = cli
+        .json(&["admin", "gateways", "token", "--pop", "fra1"], &op1)
+        .await;
+    // The gateway follows replica 2; the tenant deploys through replica 1.
+    let g = gateway(
+        &url2,
+        "fra1",
+        node["token"].as_str().unwrap(),
+        &dir.path().join("gw"),
+        &dir.path().join("cache"),
+    );
+    let me = [
+        ("GANNET_ENDPOINT", url1.as_str()),
+        ("GANNET_TOKEN", tenant["token"].as_str().unwrap()),
+    ];
+    cli.ok(&["apps", "create", "shop"], &me).await;
+    // Let the gateway settle into its long poll on replica 2 first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let out = cli
+        .run(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                "shop",
+                "--wait-secs",
+                "20",
+            ],
+            &me,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Well inside the 30 s poll: replica 2 was woken by NOTIFY.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get(&g.url, "shop-acme.localhost").await,
+        Some((200, "hello, world\n".into()))
+    );
+}
