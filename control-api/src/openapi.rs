@@ -3,8 +3,10 @@
 //! (`control-api/openapi.json`) is compared with it by a test, and
 //! rewritten by running that test with `GANNET_UPDATE_OPENAPI=1`.
 
-use crate::routes::{account, admin, apps, versions};
+use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
+use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
+use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,17 +20,22 @@ use utoipa::{Modify, OpenApi};
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::remove_domain,
         versions::upload, versions::list, versions::rollback, versions::download,
+        pops::create_pop, pops::list_pops, pops::create_gateway, pops::revoke_gateway,
+        pops::state, pops::component, pops::ack, pops::app_status,
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
         CreateApp, App, Version, Rollback, AddDomain, AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
+        CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
+        AppReport, FailedApp,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "admin", description = "Operator routes (operator token)"),
         (name = "account", description = "The caller's tenant: tokens, audit log"),
         (name = "apps", description = "Apps and hostnames"),
-        (name = "versions", description = "Uploads, versions, rollbacks"),
+        (name = "versions", description = "Uploads, versions, rollbacks, status"),
+        (name = "gateways", description = "The gateway protocol (node token)"),
     )
 )]
 pub struct ApiDoc;
@@ -41,6 +48,15 @@ impl Modify for BearerAuth {
             components.add_security_scheme(
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+            components.add_security_scheme(
+                "node",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("A gateway's node token"))
+                        .build(),
+                ),
             );
         }
     }

@@ -20,7 +20,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use gannet_model::Sha256Digest;
+use gannet_model::api::Problem;
 use gannet_model::snapshot::GatewayAck;
+use gannet_model::snapshot::StateUpdate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,7 +40,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /v1/admin/pops`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatePop {
     /// Name (a-z, 0-9, '-').
     pub name: String,
@@ -51,7 +53,7 @@ pub struct CreatePop {
 }
 
 /// A PoP.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pop {
     /// Name.
     pub name: String,
@@ -62,7 +64,7 @@ pub struct Pop {
 }
 
 /// A node token, shown once.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeToken {
     /// The gateway's id (for revocation).
     pub gateway_id: i64,
@@ -72,7 +74,9 @@ pub struct NodeToken {
     pub token: String,
 }
 
-async fn create_pop(
+#[utoipa::path(post, path = "/v1/admin/pops", tag = "admin", security(("bearer" = [])), request_body = CreatePop,
+    responses((status = 201, description = "created", body = Pop), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_pop(
     State(s): State<AppState>,
     auth: AdminAuth,
     Json(req): Json<CreatePop>,
@@ -95,7 +99,9 @@ async fn create_pop(
     ))
 }
 
-async fn list_pops(
+#[utoipa::path(get, path = "/v1/admin/pops", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "all PoPs", body = [Pop]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_pops(
     State(s): State<AppState>,
     _auth: AdminAuth,
 ) -> Result<axum::Json<Vec<Pop>>, ApiError> {
@@ -111,7 +117,9 @@ async fn list_pops(
     ))
 }
 
-async fn create_gateway(
+#[utoipa::path(post, path = "/v1/admin/pops/{pop}/gateways", tag = "admin", security(("bearer" = [])), params(("pop" = String, Path)),
+    responses((status = 201, description = "a node token for a new gateway, shown once", body = NodeToken), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_gateway(
     State(s): State<AppState>,
     auth: AdminAuth,
     Path(pop): Path<String>,
@@ -136,7 +144,9 @@ async fn create_gateway(
     ))
 }
 
-async fn revoke_gateway(
+#[utoipa::path(delete, path = "/v1/admin/gateways/{id}", tag = "admin", security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 204, description = "revoked"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn revoke_gateway(
     State(s): State<AppState>,
     auth: AdminAuth,
     Path(id): Path<i64>,
@@ -202,7 +212,9 @@ fn nothing_applied() -> i64 {
     -1
 }
 
-async fn state(
+#[utoipa::path(get, path = "/v1/pops/{pop}/state", tag = "gateways", security(("node" = [])), params(("pop" = String, Path), ("since" = Option<i64>, Query, description = "revision applied; -1 for none"), ("wait_ms" = Option<u64>, Query, description = "longest wait, ms (default 30000, at most 60000)")),
+    responses((status = 200, description = "the state update", body = StateUpdate), (status = 304, description = "no change within the wait"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn state(
     State(s): State<AppState>,
     node: NodeAuth,
     Query(q): Query<Poll>,
@@ -227,7 +239,9 @@ async fn state(
     }
 }
 
-async fn component(
+#[utoipa::path(get, path = "/v1/pops/{pop}/components/{digest}", tag = "gateways", security(("node" = [])), params(("pop" = String, Path), ("digest" = String, Path)),
+    responses((status = 200, description = "the component", content_type = "application/wasm", body = Vec<u8>), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn component(
     State(s): State<AppState>,
     node: NodeAuth,
     Path((_pop, digest)): Path<(String, String)>,
@@ -261,7 +275,9 @@ async fn component(
         .into_response())
 }
 
-async fn ack(
+#[utoipa::path(post, path = "/v1/pops/{pop}/ack", tag = "gateways", security(("node" = [])), params(("pop" = String, Path)), request_body = GatewayAck,
+    responses((status = 204, description = "recorded"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn ack(
     State(s): State<AppState>,
     node: NodeAuth,
     Json(ack): Json<GatewayAck>,
@@ -274,7 +290,7 @@ async fn ack(
 }
 
 /// One gateway's view of an app, for `gannet status` and deploy waits.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayAppStatus {
     /// PoP.
     pub pop: String,
@@ -297,7 +313,7 @@ pub struct GatewayAppStatus {
 }
 
 /// `GET /v1/apps/{app}/status`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppStatus {
     /// The app.
     pub app: String,
@@ -309,7 +325,9 @@ pub struct AppStatus {
     pub gateways: Vec<GatewayAppStatus>,
 }
 
-async fn app_status(
+#[utoipa::path(get, path = "/v1/apps/{app}/status", tag = "versions", security(("bearer" = [])), params(("app" = String, Path)),
+    responses((status = 200, description = "the app at every gateway", body = AppStatus), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn app_status(
     State(s): State<AppState>,
     auth: TenantAuth,
     Path(name): Path<String>,

@@ -35,6 +35,10 @@ async fn openapi_document_is_served_and_matches_the_checked_in_copy() {
         "/v1/tokens/{id}",
         "/v1/audit",
         "/v1/components/{digest}",
+        "/v1/admin/pops",
+        "/v1/pops/{pop}/state",
+        "/v1/pops/{pop}/ack",
+        "/v1/apps/{app}/status",
     ] {
         assert!(
             doc["paths"][path].is_object(),
