@@ -54,23 +54,28 @@ pub struct AdminAuth {
     pub token_id: i64,
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized(
+            "missing token: send `Authorization: Bearer <token>` (gannet login)",
+        ))?;
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized(
-                "missing token: send `Authorization: Bearer <token>` (gannet login)",
-            ))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or(ApiError::Unauthorized(
-                "the Authorization header must be `Bearer <token>`",
-            ))?
-            .trim();
+        let token = bearer(parts)?;
         let row = state
             .store
             .find_token(&hash_token(token))

@@ -13,10 +13,9 @@ use crate::error::{ApiError, on_unique};
 use crate::extract::{Json, Path};
 use crate::routes::apps::app_of;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use gannet_model::Sha256Digest;
@@ -172,15 +171,10 @@ impl FromRequestParts<AppState> for NodeAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized("missing node token"))?;
+        let token = crate::auth::bearer(parts)?;
         let (gateway_id, pop, revoked) = state
             .store
-            .gateway_by_token(&hash_token(token.trim()))
+            .gateway_by_token(&hash_token(token))
             .await?
             .ok_or(ApiError::Unauthorized("unknown node token"))?;
         if revoked {
@@ -262,17 +256,7 @@ pub(crate) async fn component(
             node.pop
         )));
     }
-    let stream = s
-        .blobs
-        .get(&digest)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or_else(|| ApiError::NotFound(format!("no component {digest}")))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/wasm")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    super::versions::component_response(&s, &digest).await
 }
 
 #[utoipa::path(post, path = "/v1/pops/{pop}/ack", tag = "gateways", security(("node" = [])), params(("pop" = String, Path)), request_body = GatewayAck,

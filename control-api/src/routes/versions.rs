@@ -343,9 +343,14 @@ pub(crate) async fn download(
     {
         return Err(ApiError::NotFound(format!("no component {digest}")));
     }
+    component_response(&s, &digest).await
+}
+
+/// Streams a stored component as `application/wasm` (404 if absent).
+pub async fn component_response(s: &AppState, digest: &Sha256Digest) -> Result<Response, ApiError> {
     let stream = s
         .blobs
-        .get(&digest)
+        .get(digest)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("no component {digest}")))?;
