@@ -402,19 +402,23 @@ async fn status(client: &Client, app: &str, json: bool) -> Result<()> {
             .map_or("none".into(), |v| v.to_string())
     );
     println!(
-        "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {}",
-        "POP", "GATEWAY", "LIVE", "VERSION", "REQUESTS", "ERRORS", "LAST ERROR"
+        "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {:<10} {}",
+        "POP", "GATEWAY", "LIVE", "VERSION", "REQUESTS", "ERRORS", "MEAN MS", "LAST ERROR"
     );
     for g in status["gateways"].as_array().cloned().unwrap_or_default() {
         let live = g["current"].as_bool().unwrap_or(false);
         println!(
-            "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {}",
+            "{:<12} {:<8} {:<6} {:<8} {:<10} {:<8} {:<10} {}",
             g["pop"].as_str().unwrap_or("?"),
             g["gateway"].to_string(),
             if live { "yes" } else { "no" },
             g["version"].as_u64().map_or("-".into(), |v| v.to_string()),
             g["requests"].to_string(),
             g["errors"].to_string(),
+            format!(
+                "{:.2}",
+                g["mean_latency_us"].as_f64().unwrap_or(0.0) / 1000.0
+            ),
             g["last_error"].as_str().unwrap_or("")
         );
     }

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
 
+/// Most bytes read past a limit just to deliver the refusal.
+const DISCARD_LIMIT: u64 = 64 << 20;
+
 /// An upload on disk.
 pub struct Received {
     /// The bytes, in a temporary file removed on drop.
@@ -37,6 +40,14 @@ pub async fn receive(body: Body, max: u64, tmp_dir: &Path) -> Result<Received, A
             chunk.map_err(|e| ApiError::Invalid(format!("reading the upload failed: {e}")))?;
         size += chunk.len() as u64;
         if size > max {
+            // Let the client finish sending (up to a cap) so it reads the 413.
+            let mut rest = 0u64;
+            while let Some(Ok(c)) = stream.next().await {
+                rest += c.len() as u64;
+                if rest > DISCARD_LIMIT {
+                    break;
+                }
+            }
             return Err(ApiError::TooLarge(format!(
                 "the component is larger than the {} allowed",
                 ByteSize(max)

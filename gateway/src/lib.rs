@@ -246,13 +246,17 @@ impl Gateway {
                 self.config.guest_log_lines_per_second,
             )),
         };
+        let counts = match previous {
+            Some(p) if p.version == version => p.metrics.counts.clone(),
+            _ => Arc::default(),
+        };
         let env: Vec<(String, String)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         App {
-            metrics: AppMetrics::new(&self.state.metrics, spec.id.as_str(), &version),
+            metrics: AppMetrics::new(&self.state.metrics, spec.id.as_str(), &version, counts),
             id: spec.id.clone(),
             version,
             digest,

@@ -287,7 +287,15 @@ pub struct AppMetrics {
     pub(crate) duration: Histogram,
     pub(crate) instantiate: Histogram,
     pub(crate) inflight: IntGauge,
-    /// Responses counted (for reports to the control API).
+    /// Responses counted, for reports to the control API; kept across
+    /// routing-table rebuilds while the app's version stays.
+    pub counts: std::sync::Arc<RequestCounts>,
+}
+
+/// Responses of one app version since the gateway started.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    /// Responses.
     pub answered: std::sync::atomic::AtomicU64,
     /// Of which 5xx.
     pub failed: std::sync::atomic::AtomicU64,
@@ -295,7 +303,12 @@ pub struct AppMetrics {
 
 impl AppMetrics {
     /// Resolves the handles for `app` at `version`.
-    pub fn new(m: &Metrics, app: &str, version: &str) -> Self {
+    pub fn new(
+        m: &Metrics,
+        app: &str,
+        version: &str,
+        counts: std::sync::Arc<RequestCounts>,
+    ) -> Self {
         AppMetrics {
             app: app.to_string(),
             version: version.to_string(),
@@ -305,17 +318,16 @@ impl AppMetrics {
             duration: m.duration.with_label_values(&[app, version]),
             instantiate: m.instantiate.with_label_values(&[app]),
             inflight: m.inflight.with_label_values(&[app]),
-            answered: Default::default(),
-            failed: Default::default(),
+            counts,
         }
     }
 
     /// Counts one response with `status`.
     pub fn count(&self, status: u16) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.answered.fetch_add(1, Relaxed);
+        self.counts.answered.fetch_add(1, Relaxed);
         if status >= 500 {
-            self.failed.fetch_add(1, Relaxed);
+            self.counts.failed.fetch_add(1, Relaxed);
         }
         match COMMON_STATUSES.iter().position(|&s| s == status) {
             Some(i) => self.by_status[i]

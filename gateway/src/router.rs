@@ -3,7 +3,7 @@
 //! the current table without taking a lock, and a reload swaps in a new
 //! table while requests already running keep the one they loaded.
 
-use crate::metrics::{AppMetrics, Metrics};
+use crate::metrics::AppMetrics;
 use gannet_model::{AppId, ResolvedLimits, Sha256Digest};
 use gannet_runtime::InstanceSettings;
 use std::collections::HashMap;
@@ -110,11 +110,6 @@ pub fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, st
     } else {
         Some(std::borrow::Cow::Borrowed(host))
     }
-}
-
-/// Resolves each app's metric handles (shared helper for table builders).
-pub fn app_metrics(metrics: &Metrics, id: &AppId, version: &str) -> AppMetrics {
-    AppMetrics::new(metrics, id.as_str(), version)
 }
 
 #[cfg(test)]

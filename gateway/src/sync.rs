@@ -329,11 +329,18 @@ fn reports(gateway: &Gateway) -> Vec<AppReport> {
         .iter()
         .filter_map(|a| {
             let (key, version) = a.report.clone()?;
+            let count = a.metrics.duration.get_sample_count();
+            let mean_latency_us = if count == 0 {
+                0
+            } else {
+                (a.metrics.duration.get_sample_sum() / count as f64 * 1e6) as u64
+            };
             Some(AppReport {
                 key,
                 version,
-                requests: a.metrics.answered.load(Relaxed),
-                errors: a.metrics.failed.load(Relaxed),
+                requests: a.metrics.counts.answered.load(Relaxed),
+                errors: a.metrics.counts.failed.load(Relaxed),
+                mean_latency_us,
             })
         })
         .collect()

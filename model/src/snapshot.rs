@@ -105,4 +105,7 @@ pub struct AppReport {
     pub requests: u64,
     /// Of which 5xx.
     pub errors: u64,
+    /// Mean time to the response head, microseconds.
+    #[serde(default)]
+    pub mean_latency_us: u64,
 }

@@ -411,6 +411,20 @@ async fn gateways_follow_the_control_api_and_keep_serving_without_it() {
             );
         }
     }
+
+    // Status: every gateway reports its traffic for the version it serves,
+    // counted across the revisions that did not change it.
+    let status = cli.json(&["status", "--app", "shop"], &me).await;
+    for g in status["gateways"].as_array().unwrap() {
+        assert_eq!(g["version"], 2, "{status:#}");
+        assert!(g["requests"].as_u64().unwrap() >= 2, "{status:#}");
+        assert!(g["mean_latency_us"].as_u64().unwrap() > 0, "{status:#}");
+    }
+    let table = cli.ok(&["status", "--app", "shop"], &me).await;
+    assert!(
+        table.contains("fra1") && table.contains("ams1") && table.contains("MEAN MS"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

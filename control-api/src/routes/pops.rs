@@ -290,6 +290,8 @@ pub struct GatewayAppStatus {
     pub requests: u64,
     /// Of which 5xx.
     pub errors: u64,
+    /// Mean time to the response head there, microseconds.
+    pub mean_latency_us: u64,
     /// Why its last apply failed, if it did.
     pub last_error: Option<String>,
     /// Last contact, ms.
@@ -343,6 +345,7 @@ pub(crate) async fn app_status(
                 version: report.map(|r| r.version),
                 requests: report.map_or(0, |r| r.requests),
                 errors: report.map_or(0, |r| r.errors),
+                mean_latency_us: report.map_or(0, |r| r.mean_latency_us),
                 last_error: refused.map(|f| f.error.clone()).or(g.last_error),
                 last_seen_ms: g.last_seen_ms,
             }

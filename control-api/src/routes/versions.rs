@@ -161,7 +161,12 @@ pub(crate) async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if let Some(n) = declared.filter(|n| *n > max) {
+        // Read (and drop) a body of reasonable size so the client, still
+        // sending, receives the 413; close on anything larger.
+        if n <= DISCARD_CAP {
+            upload::discard(body, DISCARD_CAP).await;
+        }
         return Err(ApiError::TooLarge(format!(
             "the component is larger than the {} allowed",
             quotas.max_component_size
