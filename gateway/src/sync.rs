@@ -104,10 +104,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The routes-file shape of a deployed app (component from the artifacts).
 fn spec_of(cp: &ControlPlane, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
+    // `<app>-<tenant>` (unique: it is the platform hostname's label), or a
+    // hash of the key when that is longer than an id may be.
     let id = format!("{}-{}", app.app, app.tenant)
         .parse::<AppId>()
-        .or_else(|_| format!("app-{}", Sha256Digest::of(app.key().as_bytes()).short()).parse())
-        .unwrap_or_else(|_| unreachable_id());
+        .unwrap_or_else(|_| AppId::hashed(&app.key()));
     (
         AppSpec {
             id,
@@ -121,11 +122,6 @@ fn spec_of(cp: &ControlPlane, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
         },
         app.digest,
     )
-}
-
-fn unreachable_id() -> AppId {
-    // `app-` + 12 hex digits is always a valid id; kept total anyway.
-    "app".parse().unwrap_or_else(|_| unreachable_id())
 }
 
 async fn apply_local(

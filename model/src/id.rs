@@ -34,6 +34,17 @@ fn valid_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+impl AppId {
+    /// A valid id derived from any string: `app-` and the first 12 hex
+    /// digits of its sha256. For names that do not fit the id rules.
+    pub fn hashed(from: &str) -> AppId {
+        AppId(format!(
+            "app-{}",
+            crate::Sha256Digest::of(from.as_bytes()).short()
+        ))
+    }
+}
+
 impl FromStr for AppId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
@@ -78,6 +89,8 @@ mod tests {
         assert!("shop-2".parse::<AppId>().is_ok());
         for bad in ["", "-a", "a-", "Hello", "a_b", "a.b", &"x".repeat(64)] {
             assert!(bad.parse::<AppId>().is_err(), "{bad} should be refused");
+            let hashed = AppId::hashed(bad);
+            assert_eq!(hashed.as_str().parse::<AppId>(), Ok(hashed.clone()));
         }
     }
 }

@@ -39,7 +39,6 @@ pub use host::{Host, InstanceSettings};
 
 use gannet_model::Sha256Digest;
 use std::path::PathBuf;
-use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -71,7 +70,7 @@ pub struct Prepared {
     pub pre: ProxyPre<Host>,
     /// The component's digest.
     pub digest: Sha256Digest,
-    /// Size of the component's bytes (the upload), for cache weighting.
+    /// Size of the precompiled artifact, for cache weighting.
     pub size_bytes: usize,
 }
 
@@ -150,6 +149,3 @@ impl Runtime {
         ))
     }
 }
-
-/// Shared handle type used by embedders.
-pub type SharedRuntime = Arc<Runtime>;

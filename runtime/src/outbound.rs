@@ -3,7 +3,6 @@
 //! allows it. The address check runs on the *resolved* IP, right before
 //! connecting, so a public name pointing at 127.0.0.1 is refused too.
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -243,16 +242,6 @@ where
         }
     };
     Ok((response, Box::new(worker)))
-}
-
-/// Raw body type for callers that build requests by hand (tests).
-pub type Body = WasiBody;
-
-/// Makes a body from bytes (tests and tools).
-pub fn full_body(bytes: Bytes) -> WasiBody {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 #[cfg(test)]
