@@ -98,6 +98,12 @@ impl DecommitQueue {
     /// called (no other references, not in use, won't be otherwise unmapped,
     /// etc...).
     pub unsafe fn push_raw(&mut self, ptr: *mut u8, len: usize) {
+        // Nothing to decommit. (Gannet patch: upstream queued empty regions,
+        // so a slot reset entirely in place still waited in the shared queue
+        // for a batch to fill instead of being reusable at once.)
+        if len == 0 {
+            return;
+        }
         self.raw.push(IoVec(iovec {
             iov_base: ptr.cast(),
             iov_len: len,
