@@ -221,6 +221,58 @@ mod tests {
         wat
     }
 
+    /// Funcrefs that a table initialises lazily call the right code, from
+    /// wasm (`call_indirect`, the `wasm_call` pointer) and from the host (the
+    /// `array_call` trampoline), in every new instance: the vendored wasmtime
+    /// finds those pointers through its own per-module and per-instance
+    /// caches rather than upstream's lookups.
+    #[test]
+    fn lazily_initialised_funcrefs_call_the_right_functions() {
+        let (engine, _) = build_engine(&EngineConfig::default()).unwrap();
+        let mut wat = String::from("(module (type $t (func (result i32)))\n");
+        let functions = 50;
+        for i in 0..functions {
+            wat.push_str(&format!("(func $f{i} (type $t) i32.const {})\n", i * 7 + 1));
+        }
+        wat.push_str("(table (export \"t\") funcref (elem");
+        // Reversed, so table slot `i` holds function `functions - 1 - i`.
+        for i in (0..functions).rev() {
+            wat.push_str(&format!(" $f{i}"));
+        }
+        wat.push_str(
+            "))\n(func (export \"call\") (param i32) (result i32) \
+             (call_indirect (type $t) (local.get 0))))",
+        );
+        let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        for _instance in 0..3 {
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let call = instance
+                .get_typed_func::<i32, i32>(&mut store, "call")
+                .unwrap();
+            let table = instance.get_table(&mut store, "t").unwrap();
+            // Odd slots first through wasm, even slots first from the host, so
+            // each path initialises half of the funcrefs.
+            for slot in (1..functions).step_by(2).chain((0..functions).step_by(2)) {
+                let expected = (functions - 1 - slot) as i32 * 7 + 1;
+                let via_host = table
+                    .get(&mut store, slot)
+                    .and_then(|r| r.as_func().flatten().copied())
+                    .unwrap()
+                    .typed::<(), i32>(&store)
+                    .unwrap();
+                if slot % 2 == 1 {
+                    assert_eq!(call.call(&mut store, slot as i32).unwrap(), expected);
+                    assert_eq!(via_host.call(&mut store, ()).unwrap(), expected);
+                } else {
+                    assert_eq!(via_host.call(&mut store, ()).unwrap(), expected);
+                    assert_eq!(call.call(&mut store, slot as i32).unwrap(), expected);
+                }
+            }
+        }
+    }
+
     /// Minor page faults taken by this thread so far.
     fn thread_minor_faults() -> i64 {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -259,7 +311,10 @@ mod tests {
             let before = thread_minor_faults();
             let stale = run_once();
             let faults = thread_minor_faults() - before;
-            assert_eq!(stale, 0, "round {round}: an instance saw a previous one's writes");
+            assert_eq!(
+                stale, 0,
+                "round {round}: an instance saw a previous one's writes"
+            );
             if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
                 assert!(
                     faults < dirtied / 4,

@@ -144,6 +144,13 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// The start of this instance's module code in its store
+    /// (`StoreCode::text`), looked up in the store's `ModuleRegistry` on the
+    /// first funcref initialisation and null until then. The code does not
+    /// move while the store (and so this instance) lives. (Gannet patch: the
+    /// registry lookup was repeated for every funcref a guest initialised.)
+    store_text: core::sync::atomic::AtomicPtr<u8>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +216,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            store_text: core::sync::atomic::AtomicPtr::new(ptr::null_mut()),
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -960,26 +968,33 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
+        let module = self
+            .runtime_module()
+            .expect("funcref impossible in fake module");
+        let text = {
+            use core::sync::atomic::Ordering::Relaxed;
+            let cached = self.store_text.load(Relaxed);
+            if cached.is_null() {
+                let text = ModuleWithCode::in_store(registry, module)
+                    .expect("module not in store")
+                    .text();
+                let base = text.as_ptr().cast_mut();
+                self.store_text.store(base, Relaxed);
+                base
+            } else {
+                cached
+            }
+        };
+        let compiled = module.compiled_module();
+        // SAFETY: `func_loc` ranges lie within the module's text section,
+        // which `text` is the start of (checked when the code was loaded).
+        let function = |key: FuncKey| unsafe {
+            NonNull::new_unchecked(text.add(compiled.func_loc(key).start as usize))
+        };
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = VmPtr::from(function(array_to_wasm_key).cast());
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        let wasm_call = Some(VmPtr::from(function(wasm_key).cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
