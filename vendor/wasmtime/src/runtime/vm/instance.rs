@@ -150,6 +150,8 @@ pub struct Instance {
     /// move while the store (and so this instance) lives. (Gannet patch: the
     /// registry lookup was repeated for every funcref a guest initialised.)
     store_text: core::sync::atomic::AtomicPtr<u8>,
+    /// The length of `store_text`'s text section, once it is known.
+    store_text_len: core::sync::atomic::AtomicUsize,
 
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
@@ -217,6 +219,7 @@ impl Instance {
             wmemcheck_state,
             store: None,
             store_text: core::sync::atomic::AtomicPtr::new(ptr::null_mut()),
+            store_text_len: core::sync::atomic::AtomicUsize::new(0),
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -971,7 +974,7 @@ impl Instance {
         let module = self
             .runtime_module()
             .expect("funcref impossible in fake module");
-        let text = {
+        let (text, text_len) = {
             use core::sync::atomic::Ordering::Relaxed;
             let cached = self.store_text.load(Relaxed);
             if cached.is_null() {
@@ -979,17 +982,23 @@ impl Instance {
                     .expect("module not in store")
                     .text();
                 let base = text.as_ptr().cast_mut();
+                self.store_text_len.store(text.len(), Relaxed);
                 self.store_text.store(base, Relaxed);
-                base
+                (base, text.len())
             } else {
-                cached
+                (cached, self.store_text_len.load(Relaxed))
             }
         };
         let compiled = module.compiled_module();
-        // SAFETY: `func_loc` ranges lie within the module's text section,
-        // which `text` is the start of (checked when the code was loaded).
-        let function = |key: FuncKey| unsafe {
-            NonNull::new_unchecked(text.add(compiled.func_loc(key).start as usize))
+        let function = |key: FuncKey| {
+            let loc = compiled.func_loc(key);
+            let end = loc.start as usize + loc.length as usize;
+            // The bounds check upstream's `&text[range]` made.
+            assert!(end <= text_len, "function location outside the text section");
+            // SAFETY: `loc` lies within the `text_len` bytes of the text
+            // section that starts at `text` (checked above), so the pointer
+            // is in bounds and not null.
+            unsafe { NonNull::new_unchecked(text.add(loc.start as usize)) }
         };
 
         let array_call = VmPtr::from(function(array_to_wasm_key).cast());
