@@ -185,6 +185,18 @@ mod tests {
         assert_eq!(kind, AllocatorKind::Pooling);
     }
 
+    /// A fresh store (with an epoch deadline no test reaches) and an
+    /// instance of `module` in it.
+    fn instantiate(
+        engine: &Engine,
+        module: &wasmtime::Module,
+    ) -> (wasmtime::Store<()>, wasmtime::Instance) {
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).unwrap();
+        (store, instance)
+    }
+
     /// Pages of the guest's 4 MiB data image, and pages of zero-initialised
     /// memory after it.
     const IMAGE_PAGES: u32 = 1024;
@@ -200,21 +212,22 @@ mod tests {
         for page in 0..IMAGE_PAGES {
             wat.push_str(&format!("(data (i32.const {}) \"\\01\")\n", page * 4096));
         }
+        // `$sweep` checks every other page in [from, to) for `expect`, writes
+        // `write` there, and returns how many did not hold `expect`.
         wat.push_str(&format!(
-            r#"(func (export "run") (result i32) (local $p i32) (local $stale i32)
-              (loop $image
-                (if (i32.ne (i32.load8_u (local.get $p)) (i32.const 1))
+            r#"(func $sweep (param $p i32) (param $to i32) (param $expect i32) (param $write i32)
+                (result i32) (local $stale i32)
+              (loop $page
+                (if (i32.ne (i32.load8_u (local.get $p)) (local.get $expect))
                   (then (local.set $stale (i32.add (local.get $stale) (i32.const 1)))))
-                (i32.store8 (local.get $p) (i32.const 0xff))
+                (i32.store8 (local.get $p) (local.get $write))
                 (local.set $p (i32.add (local.get $p) (i32.const 8192)))
-                (br_if $image (i32.lt_u (local.get $p) (i32.const {image_end}))))
-              (loop $zeroed
-                (if (i32.ne (i32.load8_u (local.get $p)) (i32.const 0))
-                  (then (local.set $stale (i32.add (local.get $stale) (i32.const 1)))))
-                (i32.store8 (local.get $p) (i32.const 1))
-                (local.set $p (i32.add (local.get $p) (i32.const 8192)))
-                (br_if $zeroed (i32.lt_u (local.get $p) (i32.const {zero_end}))))
-              (local.get $stale)))"#,
+                (br_if $page (i32.lt_u (local.get $p) (local.get $to))))
+              (local.get $stale))
+            (func (export "run") (result i32)
+              (i32.add
+                (call $sweep (i32.const 0) (i32.const {image_end}) (i32.const 1) (i32.const 0xff))
+                (call $sweep (i32.const {image_end}) (i32.const {zero_end}) (i32.const 0) (i32.const 1)))))"#,
             image_end = IMAGE_PAGES * 4096,
             zero_end = (IMAGE_PAGES + ZERO_PAGES) * 4096,
         ));
@@ -245,9 +258,7 @@ mod tests {
         );
         let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
         for _instance in 0..3 {
-            let mut store = wasmtime::Store::new(&engine, ());
-            store.set_epoch_deadline(u64::MAX / 2);
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let (mut store, instance) = instantiate(&engine, &module);
             let call = instance
                 .get_typed_func::<i32, i32>(&mut store, "call")
                 .unwrap();
@@ -296,9 +307,7 @@ mod tests {
         let wasm = wat::parse_str(scattered_writer()).unwrap();
         let module = wasmtime::Module::new(&engine, wasm).unwrap();
         let run_once = || {
-            let mut store = wasmtime::Store::new(&engine, ());
-            store.set_epoch_deadline(u64::MAX / 2);
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let (mut store, instance) = instantiate(&engine, &module);
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
                 .unwrap();

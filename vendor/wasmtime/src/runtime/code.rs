@@ -11,7 +11,7 @@ use core::ops::{Add, Range, Sub};
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
-use wasmtime_environ::{FuncKey, ModuleTypes, StaticModuleIndex};
+use wasmtime_environ::{ModuleTypes, StaticModuleIndex};
 
 macro_rules! define_pc_kind {
     ($ty:ident) => {
@@ -433,15 +433,6 @@ impl<'a> ModuleWithCode<'a> {
         self.store_code.text()
     }
 
-    /// Returns the slice in the text section of the function that
-    /// `key` points to.
-    #[inline]
-    #[allow(
-        dead_code,
-        reason = "Gannet patch: funcref initialisation no longer calls this"
-    )]
-    pub fn function(&self, key: FuncKey) -> &[u8] {
-        let range = self.module.compiled_module().function_range(key);
-        &self.store_code.text()[range]
-    }
+    // Gannet patch: `function(key)` is gone; funcref initialisation, its
+    // only caller, now offsets from a cached `text()` (vm/instance.rs).
 }
