@@ -219,6 +219,8 @@ pub enum GatewaysCommand {
         #[arg(long)]
         pop: String,
     },
+    /// List gateways: revision applied, last contact, apps refused and why.
+    List,
     /// Revoke a gateway's node token.
     Revoke {
         /// Gateway id.

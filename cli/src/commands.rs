@@ -487,6 +487,35 @@ async fn gateways(client: &Client, cmd: GatewaysCommand, json: bool) -> Result<(
                 t["gateway_id"]
             );
         }
+        GatewaysCommand::List => {
+            let list: Vec<serde_json::Value> = client.get("/v1/admin/gateways").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<8} {:<12} {:<9} {:<10} {:<8} {}",
+                "GATEWAY", "POP", "REVISION", "SEEN", "REFUSED", "LAST ERROR"
+            );
+            for g in &list {
+                println!(
+                    "{:<8} {:<12} {:<9} {:<10} {:<8} {}",
+                    g["id"],
+                    g["pop"].as_str().unwrap_or("?"),
+                    g["applied_revision"],
+                    g["last_seen_ms"].as_i64().map_or("never".into(), when),
+                    g["failed_apps"].as_array().map_or(0, Vec::len),
+                    g["last_error"].as_str().unwrap_or("")
+                );
+                for f in g["failed_apps"].as_array().into_iter().flatten() {
+                    println!(
+                        "         refused {}@{}: {}",
+                        f["key"].as_str().unwrap_or("?"),
+                        f["version"],
+                        f["error"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
         GatewaysCommand::Revoke { id } => {
             client.delete(&format!("/v1/admin/gateways/{id}")).await?;
             if json {

@@ -136,6 +136,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
                 node_token,
                 state_dir: state.join("gateway"),
                 poll_wait: Duration::from_secs(30),
+                max_body: gannet_gateway::config::DEFAULT_MAX_COMPONENT_SIZE,
             }),
             cache_dir: state.join("cache"),
             allow_private_outbound: true,

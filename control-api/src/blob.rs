@@ -2,12 +2,18 @@
 //! a local directory (the default, one process) or chunks in the database
 //! (Postgres mode: any replica serves any blob, whichever one received it).
 //! Writes are idempotent, so two uploads of the same bytes store one blob.
+//!
+//! Whether a blob is present, and its deletion, can also run inside a
+//! database transaction ([`BlobStore::present_in`], [`BlobStore::delete_in`]):
+//! in the database, on the transaction's connection; on local disk, while the
+//! transaction holds SQLite's only connection. That is what lets the store
+//! create a version and collect a blob without one undoing the other.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use gannet_model::Sha256Digest;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 
@@ -45,6 +51,18 @@ pub trait BlobStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<BlobStream>, BlobError>>;
     /// Removes `digest` (no error if absent).
     fn delete<'a>(&'a self, digest: &'a Sha256Digest) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// Whether `digest` is stored, as seen inside the transaction `conn`.
+    fn present_in<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<bool, BlobError>>;
+    /// Removes `digest` as part of the transaction `conn`.
+    fn delete_in<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<(), BlobError>>;
 }
 
 /// Blobs as files `<dir>/<digest>`.
@@ -131,6 +149,24 @@ impl BlobStore for LocalBlobs {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    // Local blobs go with SQLite, whose one connection the transaction
+    // holds: no other transaction runs until it ends.
+    fn present_in<'a>(
+        &'a self,
+        _conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<bool, BlobError>> {
+        self.exists(digest)
+    }
+
+    fn delete_in<'a>(
+        &'a self,
+        _conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
+        self.delete(digest)
     }
 }
 
@@ -239,6 +275,35 @@ impl BlobStore for DbBlobs {
             sqlx::query("DELETE FROM blob_chunks WHERE digest = $1")
                 .bind(digest.to_string())
                 .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn present_in<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<bool, BlobError>> {
+        Box::pin(async move {
+            let row =
+                sqlx::query("SELECT COUNT(*) AS n FROM blob_chunks WHERE digest = $1 AND idx = 0")
+                    .bind(digest.to_string())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            Ok(row.try_get::<i64, _>("n")? > 0)
+        })
+    }
+
+    fn delete_in<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        digest: &'a Sha256Digest,
+    ) -> BoxFuture<'a, Result<(), BlobError>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM blob_chunks WHERE digest = $1")
+                .bind(digest.to_string())
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })

@@ -22,6 +22,8 @@ pub struct ApiConfig {
     pub rate_limit_burst: f64,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Fault points armed for tests (none by default).
+    pub faults: crate::fault::Faults,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +36,7 @@ impl Default for ApiConfig {
             rate_limit_per_sec: 50.0,
             rate_limit_burst: 200.0,
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
+            faults: crate::fault::Faults::default(),
         }
     }
 }

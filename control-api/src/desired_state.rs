@@ -1,66 +1,215 @@
 //! Desired state for PoPs: the change feed, snapshots and deltas, PoPs and
 //! their gateways (node tokens), acknowledgements and reports.
 //!
-//! Every change to what gateways serve (a version activated, a rollback, a
-//! hostname added or removed) appends a row to `state_changes`; its id is the
-//! new revision. Placement is not implemented yet: every PoP serves every app
-//! that has an active version, so all PoPs share one revision sequence.
+//! The feed's design, for everything that rides on it (versions, hostnames,
+//! and later the scheduler's per-PoP state, config and secrets):
+//! - A change and its feed row commit in **one transaction**
+//!   ([`append_change`] runs inside the transaction that makes the change):
+//!   a crash loses both or neither.
+//! - **Commit order is revision order**: the next revision is taken from the
+//!   one-row `feed_head` counter, under its row lock, as the transaction's
+//!   last write. A second writer waits for the first to commit, so a poller
+//!   that has seen revision N has seen every revision below it.
+//! - **One global sequence, filtered per PoP**: a feed row is for every PoP
+//!   (`pop_id` NULL) or for one. A PoP's poll reads the rows for it, and a
+//!   change for one PoP does not wake the pollers of another
+//!   ([`Notifier`]). Placement is not implemented yet: today every change is
+//!   for every PoP.
+//! - The feed keeps the last [`RETAINED_CHANGES`] rows; a poller older than
+//!   that (or newer than the database: a reset) gets a full snapshot.
 //!
-//! Pollers wait on [`Notifier`]: in one process a watch channel; with
-//! Postgres, changes committed through any replica are also announced with
-//! `NOTIFY gannet_state` and every replica's listener bumps its channel.
+//! Pollers wait on [`Notifier`]: in one process, watch channels; with
+//! Postgres, each change also queues `NOTIFY gannet_state` in its
+//! transaction (delivered at commit) and every replica's listener wakes its
+//! own pollers.
 
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
-use sqlx::Row;
-use std::collections::BTreeMap;
+use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// How many changes the feed retains; a poller older than that gets a
 /// full snapshot.
 pub const RETAINED_CHANGES: i64 = 10_000;
 
-/// Wakes long-polls when the revision moves.
+/// Which PoPs a change is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every PoP.
+    Everywhere,
+    /// One PoP, by id.
+    Pop(i64),
+}
+
+impl Scope {
+    fn pop_id(self) -> Option<i64> {
+        match self {
+            Scope::Everywhere => None,
+            Scope::Pop(id) => Some(id),
+        }
+    }
+
+    /// The NOTIFY payload: `REV` or `REV:POP`.
+    fn payload(self, revision: i64) -> String {
+        match self {
+            Scope::Everywhere => revision.to_string(),
+            Scope::Pop(id) => format!("{revision}:{id}"),
+        }
+    }
+
+    fn parse(payload: &str) -> Option<(i64, Scope)> {
+        match payload.split_once(':') {
+            None => Some((payload.parse().ok()?, Scope::Everywhere)),
+            Some((rev, pop)) => Some((rev.parse().ok()?, Scope::Pop(pop.parse().ok()?))),
+        }
+    }
+}
+
+/// Appends a change of `app_id` for `scope` to the feed, inside the
+/// transaction `conn` that makes the change, and returns its revision.
+///
+/// Call it as the transaction's last write: it takes the next revision
+/// under the feed head's row lock (held until commit, so revisions commit
+/// in order), writes the feed row, prunes rows older than the retained
+/// window, and on Postgres queues a NOTIFY that is delivered only if the
+/// transaction commits.
+pub async fn append_change(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    app_id: i64,
+    scope: Scope,
+) -> DbResult<i64> {
+    let revision: i64 =
+        sqlx::query("UPDATE feed_head SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("revision")?;
+    sqlx::query(
+        "INSERT INTO state_changes (revision, app_id, pop_id, at_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(revision)
+    .bind(app_id)
+    .bind(scope.pop_id())
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    let prune = revision - RETAINED_CHANGES;
+    if prune > 0 {
+        sqlx::query("DELETE FROM state_changes WHERE revision <= $1")
+            .bind(prune)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE feed_head SET pruned_through = $1 WHERE id = 1 AND pruned_through < $1",
+        )
+        .bind(prune)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_notify('gannet_state', $1)")
+            .bind(scope.payload(revision))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(revision)
+}
+
+/// Wakes the long-polls of the PoPs a change is for.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: watch::Sender<i64>,
+    inner: Arc<NotifierInner>,
+}
+
+struct NotifierInner {
+    everywhere: watch::Sender<i64>,
+    pops: Mutex<HashMap<i64, watch::Sender<i64>>>,
+}
+
+/// What one poller waits on: changes for every PoP, and for its own.
+pub struct Wakeups {
+    everywhere: watch::Receiver<i64>,
+    pop: watch::Receiver<i64>,
+}
+
+impl Wakeups {
+    /// Waits for the next change for this PoP; false when the notifier is gone.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.everywhere.changed() => r.is_ok(),
+            r = self.pop.changed() => r.is_ok(),
+        }
+    }
+}
+
+fn bump_to(tx: &watch::Sender<i64>, revision: i64) {
+    tx.send_if_modified(|r| {
+        if revision > *r {
+            *r = revision;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 impl Notifier {
     /// A notifier at `revision`.
     pub fn new(revision: i64) -> Self {
         Notifier {
-            tx: watch::Sender::new(revision),
+            inner: Arc::new(NotifierInner {
+                everywhere: watch::Sender::new(revision),
+                pops: Mutex::new(HashMap::new()),
+            }),
         }
     }
-    /// Records that `revision` exists.
-    pub fn bump(&self, revision: i64) {
-        self.tx.send_if_modified(|r| {
-            if revision > *r {
-                *r = revision;
-                true
-            } else {
-                false
-            }
-        });
+
+    fn pop_sender(&self, pop_id: i64) -> watch::Sender<i64> {
+        let mut pops = self
+            .inner
+            .pops
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pops.entry(pop_id)
+            .or_insert_with(|| watch::Sender::new(0))
+            .clone()
     }
-    /// A receiver of revisions.
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.tx.subscribe()
+
+    /// Records that `revision` exists for `scope`, waking its pollers.
+    pub fn bump(&self, revision: i64, scope: Scope) {
+        match scope {
+            Scope::Everywhere => bump_to(&self.inner.everywhere, revision),
+            Scope::Pop(id) => bump_to(&self.pop_sender(id), revision),
+        }
+    }
+
+    /// What a poller of `pop_id` waits on.
+    pub fn subscribe(&self, pop_id: i64) -> Wakeups {
+        Wakeups {
+            everywhere: self.inner.everywhere.subscribe(),
+            pop: self.pop_sender(pop_id).subscribe(),
+        }
     }
 }
 
-/// Starts a Postgres `LISTEN gannet_state` that bumps `notifier` on every
-/// change committed by any replica. Reconnects on failure.
-pub fn listen_postgres(url: String, notifier: Notifier) {
+/// Starts a Postgres `LISTEN gannet_state` that wakes this replica's
+/// pollers for every change committed by any replica. Reconnects on
+/// failure; after each (re)connection it wakes every poller once, since
+/// changes may have been missed meanwhile.
+pub fn listen_postgres(url: String, store: Store, notifier: Notifier) {
     tokio::spawn(async move {
         loop {
             match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => {
                     if listener.listen("gannet_state").await.is_ok() {
+                        if let Ok(head) = store.revision().await {
+                            notifier.bump(head, Scope::Everywhere);
+                        }
                         while let Ok(n) = listener.recv().await {
-                            if let Ok(rev) = n.payload().parse::<i64>() {
-                                notifier.bump(rev);
+                            if let Some((rev, scope)) = Scope::parse(n.payload()) {
+                                notifier.bump(rev, scope);
                             }
                         }
                     }
@@ -72,8 +221,8 @@ pub fn listen_postgres(url: String, notifier: Notifier) {
     });
 }
 
-/// A PoP's gateway as `gannet status` shows it.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+/// A PoP's gateway, as the operator sees it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GatewayState {
     /// Gateway id.
     pub id: i64,
@@ -81,7 +230,8 @@ pub struct GatewayState {
     pub pop: String,
     /// Revision it applied last.
     pub applied_revision: i64,
-    /// Its last NACK reason, if the last apply failed.
+    /// Why it could not apply its last revision at all, if it could not
+    /// (for the operator: the text may name any tenant's app).
     pub last_error: Option<String>,
     /// Last contact, ms.
     pub last_seen_ms: Option<i64>,
@@ -94,71 +244,138 @@ pub struct GatewayState {
 /// A store result.
 pub type DbResult<T> = Result<T, sqlx::Error>;
 
+/// A gateway as its node token names it.
+#[derive(Clone, Debug)]
+pub struct NodeRow {
+    /// Gateway id.
+    pub gateway_id: i64,
+    /// Its PoP's id.
+    pub pop_id: i64,
+    /// Its PoP's name.
+    pub pop: String,
+    /// Whether the token was revoked.
+    pub revoked: bool,
+}
+
+/// The feed's head: its newest revision and how far it has been pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedHead {
+    /// The newest revision (0 when nothing has changed yet).
+    pub revision: i64,
+    /// Rows up to this revision are gone.
+    pub pruned_through: i64,
+}
+
+/// Binds each of `ids` in order.
+fn bind_ids<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ids: &[i64],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q
+}
+
+/// `$1, $2, …` for `n` values starting at `$from`.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
     /// The newest revision (0 when nothing has changed yet).
     pub async fn revision(&self) -> DbResult<i64> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(MAX(revision), 0) AS BIGINT) AS r FROM state_changes",
-        )
-        .fetch_one(self.pool())
-        .await?;
-        row.try_get("r")
+        Ok(self.feed_head().await?.revision)
     }
 
-    /// Appends a change for `app_id`; returns the new revision. Announces it
-    /// to other replicas on Postgres.
-    pub async fn record_change(&self, app_id: i64) -> DbResult<i64> {
-        let row = sqlx::query(
-            "INSERT INTO state_changes (app_id, at_ms) VALUES ($1, $2) RETURNING revision",
-        )
-        .bind(app_id)
-        .bind(now_ms())
-        .fetch_one(self.pool())
-        .await?;
-        let revision: i64 = row.try_get("revision")?;
-        if self.dialect() == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify('gannet_state', $1)")
-                .bind(revision.to_string())
-                .execute(self.pool())
-                .await?;
-        }
-        sqlx::query("DELETE FROM state_changes WHERE revision <= $1")
-            .bind(revision - RETAINED_CHANGES)
-            .execute(self.pool())
+    /// The feed's head.
+    pub async fn feed_head(&self) -> DbResult<FeedHead> {
+        let row = sqlx::query("SELECT revision, pruned_through FROM feed_head WHERE id = 1")
+            .fetch_one(self.pool())
             .await?;
-        Ok(revision)
+        Ok(FeedHead {
+            revision: row.try_get("revision")?,
+            pruned_through: row.try_get("pruned_through")?,
+        })
     }
 
     /// Every app with an active version, as gateways serve it; or only those
-    /// with ids in `only`.
+    /// with ids in `only`. Four queries, however many apps.
     pub async fn deployed_apps(&self, only: Option<&[i64]>) -> DbResult<Vec<(i64, DeployedApp)>> {
-        let rows = sqlx::query(
+        let filter = |column: &str| match only {
+            Some(ids) => format!(" WHERE {column} IN ({})", placeholders(1, ids.len())),
+            None => String::new(),
+        };
+        if only.is_some_and(|ids| ids.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let ids = only.unwrap_or_default();
+        let apps_sql = format!(
             "SELECT a.id AS app_id, a.name AS app, t.name AS tenant, v.number, v.digest, c.size_bytes, \
              v.env_json, v.limits_json, v.outbound_json \
              FROM apps a JOIN tenants t ON t.id = a.tenant_id JOIN versions v ON v.id = a.active_version_id \
-             JOIN components c ON c.digest = v.digest ORDER BY a.id",
-        )
-        .fetch_all(self.pool())
-        .await?;
+             JOIN components c ON c.digest = v.digest{} ORDER BY a.id",
+            filter("a.id")
+        );
+        let hosts_sql = format!(
+            "SELECT app_id, hostname FROM hostnames{} ORDER BY app_id, kind DESC, hostname",
+            filter("app_id")
+        );
+        let versions_sql = format!(
+            "SELECT DISTINCT app_id, digest FROM versions{} ORDER BY app_id, digest",
+            filter("app_id")
+        );
+        let rows = bind_ids(sqlx::query(&apps_sql), ids)
+            .fetch_all(self.pool())
+            .await?;
+        let mut hosts: HashMap<i64, Vec<String>> = HashMap::new();
+        for r in bind_ids(sqlx::query(&hosts_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            hosts
+                .entry(r.try_get("app_id")?)
+                .or_default()
+                .push(r.try_get("hostname")?);
+        }
+        let mut retained: HashMap<i64, Vec<String>> = HashMap::new();
+        for r in bind_ids(sqlx::query(&versions_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            retained
+                .entry(r.try_get("app_id")?)
+                .or_default()
+                .push(r.try_get("digest")?);
+        }
         let bad = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
-        let mut out = Vec::new();
+        let digest = |d: &str| {
+            d.parse::<gannet_model::Sha256Digest>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        };
+        let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let app_id: i64 = r.try_get("app_id")?;
-            if only.is_some_and(|ids| !ids.contains(&app_id)) {
-                continue;
-            }
-            let digest: String = r.try_get("digest")?;
+            let active = digest(&r.try_get::<String, _>("digest")?)?;
+            let retain = retained
+                .remove(&app_id)
+                .unwrap_or_default()
+                .iter()
+                .map(|d| digest(d))
+                .filter(|d| d.as_ref().map_or(true, |d| *d != active))
+                .collect::<Result<_, _>>()?;
             out.push((
                 app_id,
                 DeployedApp {
                     tenant: r.try_get("tenant")?,
                     app: r.try_get("app")?,
                     version: r.try_get::<i64, _>("number")? as u32,
-                    digest: digest
-                        .parse()
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    digest: active,
                     size_bytes: r.try_get::<i64, _>("size_bytes")? as u64,
-                    hosts: self.hostnames(app_id).await?,
+                    hosts: hosts.remove(&app_id).unwrap_or_default(),
                     env: serde_json::from_str::<BTreeMap<String, String>>(
                         &r.try_get::<String, _>("env_json")?,
                     )
@@ -167,48 +384,62 @@ impl Store {
                         .map_err(bad)?,
                     outbound: serde_json::from_str(&r.try_get::<String, _>("outbound_json")?)
                         .map_err(bad)?,
+                    retain,
                 },
             ));
         }
         Ok(out)
     }
 
-    /// The update that brings a gateway at `since` to the current revision,
-    /// or `None` when it is current. `since` is -1 for a gateway that has
-    /// applied nothing.
-    pub async fn state_since(&self, since: i64) -> DbResult<Option<StateUpdate>> {
-        let revision = self.revision().await?;
-        if since == revision {
+    /// Whether some app serves `digest` (a gateway may download it).
+    pub async fn is_served(&self, digest: &gannet_model::Sha256Digest) -> DbResult<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM apps a JOIN versions v ON v.id = a.active_version_id WHERE v.digest = $1",
+        )
+        .bind(digest.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// The update that brings a gateway of `pop_id` at `since` to the
+    /// current revision, or `None` when nothing for its PoP changed since.
+    /// `since` is -1 for a gateway that has applied nothing.
+    pub async fn state_since(&self, since: i64, pop_id: i64) -> DbResult<Option<StateUpdate>> {
+        let head = self.feed_head().await?;
+        if since == head.revision {
             return Ok(None);
         }
-        let oldest = sqlx::query(
-            "SELECT CAST(COALESCE(MIN(revision), 0) AS BIGINT) AS r FROM state_changes",
-        )
-        .fetch_one(self.pool())
-        .await?
-        .try_get::<i64, _>("r")?;
         // Nothing applied yet (-1), ahead of us (a reset database), or older
         // than the retained feed: the whole state.
-        if since < 0 || since > revision || (since < oldest - 1) {
+        if since < 0 || since > head.revision || since < head.pruned_through {
             let apps = self
                 .deployed_apps(None)
                 .await?
                 .into_iter()
                 .map(|(_, a)| a)
                 .collect();
-            return Ok(Some(StateUpdate::Snapshot { revision, apps }));
+            return Ok(Some(StateUpdate::Snapshot {
+                revision: head.revision,
+                apps,
+            }));
         }
         let rows = sqlx::query(
-            "SELECT DISTINCT app_id FROM state_changes WHERE revision > $1 AND revision <= $2",
+            "SELECT DISTINCT app_id FROM state_changes \
+             WHERE revision > $1 AND revision <= $2 AND (pop_id IS NULL OR pop_id = $3)",
         )
         .bind(since)
-        .bind(revision)
+        .bind(head.revision)
+        .bind(pop_id)
         .fetch_all(self.pool())
         .await?;
         let changed: Vec<i64> = rows
             .iter()
             .map(|r| r.try_get("app_id"))
             .collect::<Result<_, _>>()?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
         let live = self.deployed_apps(Some(&changed)).await?;
         let mut removals = Vec::new();
         for id in &changed {
@@ -227,7 +458,7 @@ impl Store {
             }
         }
         Ok(Some(StateUpdate::Delta {
-            revision,
+            revision: head.revision,
             upserts: live.into_iter().map(|(_, a)| a).collect(),
             removals,
         }))
@@ -300,23 +531,21 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The gateway holding a node token: (gateway id, PoP name, revoked).
-    pub async fn gateway_by_token(
-        &self,
-        token_hash: &str,
-    ) -> DbResult<Option<(i64, String, bool)>> {
+    /// The gateway holding a node token.
+    pub async fn gateway_by_token(&self, token_hash: &str) -> DbResult<Option<NodeRow>> {
         let row = sqlx::query(
-            "SELECT g.id, p.name, g.revoked_ms FROM gateways g JOIN pops p ON p.id = g.pop_id WHERE g.token_hash = $1",
+            "SELECT g.id, g.pop_id, p.name, g.revoked_ms FROM gateways g JOIN pops p ON p.id = g.pop_id WHERE g.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
         .await?;
         row.map(|r| {
-            Ok((
-                r.try_get("id")?,
-                r.try_get("name")?,
-                r.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
-            ))
+            Ok(NodeRow {
+                gateway_id: r.try_get("id")?,
+                pop_id: r.try_get("pop_id")?,
+                pop: r.try_get("name")?,
+                revoked: r.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
+            })
         })
         .transpose()
     }

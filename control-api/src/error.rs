@@ -130,6 +130,17 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::store::WriteError> for ApiError {
+    fn from(e: crate::store::WriteError) -> Self {
+        use crate::store::WriteError;
+        match e {
+            WriteError::Quota(m) => ApiError::Quota(m),
+            WriteError::Db(e) => e.into(),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
         ApiError::Internal(format!("io: {e}"))
@@ -159,9 +170,14 @@ impl IntoResponse for ApiError {
 }
 
 /// Maps a unique-constraint violation to 409 with `what`; other errors pass.
-pub fn on_unique(e: sqlx::Error, what: impl FnOnce() -> String) -> ApiError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::Conflict(what()),
-        _ => e.into(),
+pub fn on_unique(
+    e: impl Into<crate::store::WriteError>,
+    what: impl FnOnce() -> String,
+) -> ApiError {
+    match e.into() {
+        crate::store::WriteError::Db(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            ApiError::Conflict(what())
+        }
+        e => e.into(),
     }
 }

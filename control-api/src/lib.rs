@@ -17,6 +17,7 @@ pub mod config;
 pub mod desired_state;
 pub mod error;
 pub mod extract;
+pub mod fault;
 pub mod openapi;
 pub mod routes;
 pub mod store;
@@ -70,17 +71,18 @@ impl AppState {
     /// validation runtime, and makes sure an operator token exists (taking
     /// `config.operator_token` or creating one).
     pub async fn build(config: ApiConfig) -> anyhow::Result<Built> {
-        let store = Store::connect(&config.database_url).await?;
+        let store = Store::connect(&config.database_url)
+            .await?
+            .with_faults(config.faults.clone());
         let blobs: Arc<dyn BlobStore> = match store.dialect() {
             Dialect::Postgres => Arc::new(DbBlobs::new(store.pool().clone())),
             Dialect::Sqlite => Arc::new(LocalBlobs::open(&config.data_dir.join("blobs"))?),
         };
         std::fs::create_dir_all(config.data_dir.join("tmp"))?;
+        // Validate on an engine whose pool has the gateways' admission
+        // limits (and one slot), so an accepted component loads everywhere.
         let runtime_config = RuntimeConfig {
-            engine: EngineConfig {
-                pool: None,
-                ..EngineConfig::default()
-            },
+            engine: EngineConfig::validation(),
             cache_dir: config.data_dir.join("cache"),
         };
         let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config)).await??;
@@ -109,7 +111,11 @@ impl AppState {
         ));
         let notifier = desired_state::Notifier::new(store.revision().await?);
         if store.dialect() == Dialect::Postgres {
-            desired_state::listen_postgres(config.database_url.clone(), notifier.clone());
+            desired_state::listen_postgres(
+                config.database_url.clone(),
+                store.clone(),
+                notifier.clone(),
+            );
         }
         Ok(Built {
             state: AppState {

@@ -74,6 +74,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         operator_token: args.operator_token.clone(),
         rate_limit_per_sec: args.rate_limit,
         rate_limit_burst: args.rate_burst,
+        faults: gannet_control_api::fault::Faults::from_env().map_err(anyhow::Error::msg)?,
         ..ApiConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -3,6 +3,7 @@
 //! (`control-api/openapi.json`) is compared with it by a test, and
 //! rewritten by running that test with `GANNET_UPDATE_OPENAPI=1`.
 
+use crate::desired_state::GatewayState;
 use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
 use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
@@ -20,14 +21,14 @@ use utoipa::{Modify, OpenApi};
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::remove_domain,
         versions::upload, versions::list, versions::rollback, versions::download,
-        pops::create_pop, pops::list_pops, pops::create_gateway, pops::revoke_gateway,
+        pops::create_pop, pops::list_pops, pops::create_gateway, pops::list_gateways, pops::revoke_gateway,
         pops::state, pops::component, pops::ack, pops::app_status,
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
         CreateApp, App, Version, Rollback, AddDomain, AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
-        AppReport, FailedApp,
+        AppReport, FailedApp, GatewayState,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -3,12 +3,29 @@
 //! `$N` placeholders, which both drivers accept. Every tenant-facing method
 //! takes the tenant id first and filters by it. Unique violations surface as
 //! `sqlx::Error::Database` for the caller to map to 409.
+//!
+//! Every write that has a rule to keep is one transaction that keeps it:
+//! - a quota (apps, stored bytes) is checked inside the transaction that
+//!   would pass it, after locking the tenant's row, so parallel requests
+//!   cannot each see room for one more;
+//! - a change to what gateways serve appends its feed row in the same
+//!   transaction ([`crate::desired_state::append_change`]);
+//! - a version is created only if its component's bytes are still stored,
+//!   checked after the component's row is referenced (on Postgres, locked
+//!   by the foreign key), and blobs are deleted only in the transaction that
+//!   deletes their unreferenced row ([`Store::collect_components`]), so a
+//!   blob is never deleted under a version that uses it.
+//!
+//! SQLite runs one connection, so its transactions never interleave.
 
+use crate::blob::{BlobError, BlobStore};
+use crate::desired_state::{Scope, append_change};
+use crate::fault::{FaultPoint, Faults};
 use gannet_model::api::{App, AuditEntry, Quotas, Tenant, TokenInfo, Version};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::BTreeMap;
 
 /// SQLite schema.
@@ -38,6 +55,46 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    faults: Faults,
+}
+
+/// Why a write was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database failed (a unique violation: the name is taken).
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// A quota would be passed.
+    #[error("{0}")]
+    Quota(String),
+    /// The component's bytes were deleted meanwhile (store them again and
+    /// retry).
+    #[error("the component's bytes are no longer stored")]
+    BlobMissing,
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+impl WriteError {
+    /// Whether storing the component again and retrying may succeed: its
+    /// blob or its row was collected under this write.
+    pub fn component_collected(&self) -> bool {
+        match self {
+            WriteError::BlobMissing => true,
+            WriteError::Db(sqlx::Error::Database(db)) => db.is_foreign_key_violation(),
+            _ => false,
+        }
+    }
+}
+
+/// A version just created.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion {
+    /// Its number.
+    pub number: u32,
+    /// The revision that made it live, if it was activated.
+    pub revision: Option<i64>,
 }
 
 /// A token as the auth layer needs it.
@@ -120,7 +177,22 @@ impl Store {
             Dialect::Postgres => &POSTGRES_MIGRATOR,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            faults: Faults::default(),
+        })
+    }
+
+    /// The fault points armed for this store (none outside tests).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The same store, running `faults` at its fault points (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Store {
+        self.faults = faults;
+        self
     }
 
     /// The database kind.
@@ -289,13 +361,7 @@ impl Store {
 
     /// Bytes of components the tenant holds.
     pub async fn stored_bytes(&self, tenant_id: i64) -> Result<u64, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(c.size_bytes), 0) AS BIGINT) AS n FROM tenant_components t JOIN components c ON c.digest = t.digest WHERE t.tenant_id = $1",
-        )
-        .bind(tenant_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+        stored_bytes(&mut *self.pool.acquire().await?, tenant_id).await
     }
 
     /// Whether the tenant already holds `digest`.
@@ -304,14 +370,7 @@ impl Store {
         tenant_id: i64,
         digest: &Sha256Digest,
     ) -> Result<bool, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM tenant_components WHERE tenant_id = $1 AND digest = $2",
-        )
-        .bind(tenant_id)
-        .bind(digest.to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        holds(&mut *self.pool.acquire().await?, tenant_id, digest).await
     }
 
     // ------------------------------------------------------------------ apps
@@ -325,15 +384,27 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? as u32)
     }
 
-    /// Creates an app with its platform hostname, in one transaction.
+    /// Creates an app with its platform hostname, in one transaction that
+    /// also checks the tenant's app quota (under the tenant's row lock).
     pub async fn create_app(
         &self,
         tenant_id: i64,
         name: &str,
         hostname: &str,
-    ) -> Result<App, sqlx::Error> {
+    ) -> Result<App, WriteError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let quotas = lock_tenant(&mut tx, tenant_id).await?.quotas;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if row.try_get::<i64, _>("n")? >= i64::from(quotas.max_apps) {
+            return Err(WriteError::Quota(format!(
+                "the tenant already has its quota of {} apps; delete one or ask the operator for more",
+                quotas.max_apps
+            )));
+        }
         let row = sqlx::query(
             "INSERT INTO apps (tenant_id, name, created_ms) VALUES ($1, $2, $3) RETURNING id",
         )
@@ -410,76 +481,120 @@ impl Store {
         rows.iter().map(|r| r.try_get("hostname")).collect()
     }
 
-    /// Adds a custom hostname to an app.
-    pub async fn add_hostname(&self, app_id: i64, hostname: &str) -> Result<(), sqlx::Error> {
+    /// Adds a custom hostname to an app; returns the revision that serves it.
+    pub async fn add_hostname(&self, app_id: i64, hostname: &str) -> Result<i64, WriteError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
             .bind(hostname)
             .bind(app_id)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let revision = self.append_change(&mut tx, app_id).await?;
+        tx.commit().await?;
+        Ok(revision)
     }
 
-    /// Removes a custom hostname; false if the app has no such one.
-    pub async fn remove_hostname(&self, app_id: i64, hostname: &str) -> Result<bool, sqlx::Error> {
+    /// Removes a custom hostname; the revision that stops serving it, or
+    /// `None` if the app has no such one.
+    pub async fn remove_hostname(
+        &self,
+        app_id: i64,
+        hostname: &str,
+    ) -> Result<Option<i64>, WriteError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2 AND kind = 'custom'",
         )
         .bind(app_id)
         .bind(hostname)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let revision = self.append_change(&mut tx, app_id).await?;
+        tx.commit().await?;
+        Ok(Some(revision))
+    }
+
+    /// Appends the change of `app_id` just written in `tx` to the feed, with
+    /// the fault points around it.
+    async fn append_change(&self, tx: &mut AnyConnection, app_id: i64) -> Result<i64, WriteError> {
+        self.faults.at(FaultPoint::ChangeWritten).await;
+        let revision = append_change(tx, self.dialect, app_id, Scope::Everywhere).await?;
+        self.faults.at(FaultPoint::FeedWritten).await;
+        Ok(revision)
     }
 
     // -------------------------------------------------------------- versions
 
-    /// Records a component (idempotent) and the tenant's hold on it, then
-    /// creates the next version of the app, activates it if asked, and prunes
-    /// the oldest inactive versions over `keep`. One transaction. Returns the
-    /// new version number and the digests no longer held by anyone.
+    /// Creates the next version of `app` from a stored component, in one
+    /// transaction: checks the tenant's stored-bytes quota (under the
+    /// tenant's row lock), records the component and the tenant's hold on
+    /// it, checks its bytes are still stored, activates the version if asked
+    /// (appending the change to the feed), and prunes the oldest inactive
+    /// versions over the tenant's `max_versions_per_app`. Components no one
+    /// holds any more are left for [`Store::collect_components`].
     #[allow(clippy::too_many_arguments)]
     pub async fn create_version(
         &self,
         tenant_id: i64,
-        app: &AppRow,
+        app_id: i64,
         digest: &Sha256Digest,
         size_bytes: u64,
         env: &BTreeMap<String, String>,
         limits: &Limits,
         outbound: &[String],
         activate: bool,
-        keep: u32,
-    ) -> Result<(u32, Vec<String>), sqlx::Error> {
+        blobs: &dyn BlobStore,
+    ) -> Result<NewVersion, WriteError> {
         let now = now_ms();
-        let digest = digest.to_string();
         let mut tx = self.pool.begin().await?;
+        let quotas = lock_tenant(&mut tx, tenant_id).await?.quotas;
+        if !holds(&mut tx, tenant_id, digest).await? {
+            let stored = stored_bytes(&mut tx, tenant_id).await?;
+            if stored + size_bytes > quotas.max_total_bytes.bytes() {
+                return Err(WriteError::Quota(format!(
+                    "storing {} more would pass the tenant's {} of stored components ({} in use); roll back and let old versions be pruned, or ask the operator for more",
+                    ByteSize(size_bytes),
+                    quotas.max_total_bytes,
+                    ByteSize(stored)
+                )));
+            }
+        }
+        let digest_text = digest.to_string();
         sqlx::query("INSERT INTO components (digest, size_bytes, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(&digest)
+            .bind(&digest_text)
             .bind(size_bytes as i64)
             .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO tenant_components (tenant_id, digest, created_ms) VALUES ($1, $2, $3) ON CONFLICT (tenant_id, digest) DO NOTHING")
             .bind(tenant_id)
-            .bind(&digest)
+            .bind(&digest_text)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        // Locks the app's row until commit: versions of one app are numbered
+        // and pruned one transaction at a time.
         let row = sqlx::query(
-            "UPDATE apps SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version",
+            "UPDATE apps SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version, active_version_id",
         )
-        .bind(app.id)
+        .bind(app_id)
         .fetch_one(&mut *tx)
         .await?;
         let number: i64 = row.try_get::<i64, _>("next_version")? - 1;
+        let was_active: Option<i64> = row.try_get("active_version_id")?;
+        // The foreign key to `components` holds the component's row (on
+        // Postgres, a key-share lock) until commit: from here on it cannot
+        // be collected, so checking its bytes now is checking them for good.
         let row = sqlx::query(
             "INSERT INTO versions (app_id, number, digest, env_json, limits_json, outbound_json, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
-        .bind(app.id)
+        .bind(app_id)
         .bind(number)
-        .bind(&digest)
+        .bind(&digest_text)
         .bind(to_json(env))
         .bind(to_json(limits))
         .bind(to_json(&outbound))
@@ -487,25 +602,32 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let version_id: i64 = row.try_get("id")?;
+        if !blobs.present_in(&mut tx, digest).await? {
+            return Err(WriteError::BlobMissing);
+        }
+        let mut revision = None;
         if activate {
             sqlx::query("UPDATE apps SET active_version_id = $1 WHERE id = $2")
                 .bind(version_id)
-                .bind(app.id)
+                .bind(app_id)
                 .execute(&mut *tx)
                 .await?;
+            revision = Some(self.append_change(&mut tx, app_id).await?);
         }
         // Prune: keep the newest `keep` versions and the active one.
         let active = if activate {
             Some(version_id)
         } else {
-            app.active_version_id
+            was_active
         };
         let rows = sqlx::query("SELECT id FROM versions WHERE app_id = $1 ORDER BY number DESC")
-            .bind(app.id)
+            .bind(app_id)
             .fetch_all(&mut *tx)
             .await?;
         // The active version always stays and uses one of the `keep` places.
-        let mut budget = keep.saturating_sub(u32::from(active.is_some()));
+        let mut budget = quotas
+            .max_versions_per_app
+            .saturating_sub(u32::from(active.is_some()));
         for r in rows {
             let id: i64 = r.try_get("id")?;
             if Some(id) == active {
@@ -528,21 +650,88 @@ impl Store {
         .bind(tenant_id)
         .execute(&mut *tx)
         .await?;
-        let orphans = sqlx::query("SELECT digest FROM components WHERE digest NOT IN (SELECT digest FROM tenant_components)")
-            .fetch_all(&mut *tx)
-            .await?;
-        let orphans: Vec<String> = orphans
-            .iter()
-            .map(|r| r.try_get("digest"))
-            .collect::<Result<_, _>>()?;
-        for d in &orphans {
-            sqlx::query("DELETE FROM components WHERE digest = $1")
-                .bind(d)
+        tx.commit().await?;
+        Ok(NewVersion {
+            number: number as u32,
+            revision,
+        })
+    }
+
+    /// Deletes `digest`'s bytes if no component row claims them: what an
+    /// upload refused after storing its blob (a quota passed meanwhile)
+    /// leaves behind. An upload of the same bytes that is storing them at
+    /// this moment finds them gone when it creates its version, and stores
+    /// them again.
+    pub async fn discard_unclaimed_blob(&self, blobs: &dyn BlobStore, digest: &Sha256Digest) {
+        let attempt = async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM components WHERE digest = $1")
+                .bind(digest.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+            if row.try_get::<i64, _>("n")? == 0 {
+                blobs.delete_in(&mut tx, digest).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, WriteError>(())
+        };
+        if let Err(e) = attempt.await {
+            tracing::warn!(%digest, error = %e, "unclaimed blob not deleted");
+        }
+    }
+
+    /// Deletes every component no tenant holds and no version uses, row and
+    /// bytes together, one transaction per component: the row is deleted
+    /// only while still unreferenced (a version created meanwhile keeps it —
+    /// on Postgres its foreign key makes the delete fail), and its bytes are
+    /// deleted before that transaction commits. Returns the digests deleted.
+    pub async fn collect_components(&self, blobs: &dyn BlobStore) -> Vec<String> {
+        const UNREFERENCED: &str = "NOT EXISTS (SELECT 1 FROM tenant_components t WHERE t.digest = c.digest) \
+             AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.digest = c.digest)";
+        let candidates = match sqlx::query(&format!(
+            "SELECT digest FROM components c WHERE {UNREFERENCED}"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>("digest").ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing unreferenced components failed");
+                return Vec::new();
+            }
+        };
+        let mut deleted = Vec::new();
+        for text in candidates {
+            let Ok(digest) = text.parse::<Sha256Digest>() else {
+                continue;
+            };
+            let attempt = async {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(&format!(
+                    "DELETE FROM components AS c WHERE c.digest = $1 AND {UNREFERENCED}"
+                ))
+                .bind(&text)
                 .execute(&mut *tx)
                 .await?;
+                if done.rows_affected() != 1 {
+                    return Ok::<_, WriteError>(false);
+                }
+                blobs.delete_in(&mut tx, &digest).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            .await;
+            match attempt {
+                Ok(true) => deleted.push(text),
+                Ok(false) => {}
+                // Referenced meanwhile (a foreign key stopped the delete).
+                Err(e) => tracing::debug!(%digest, error = %e, "component not collected"),
+            }
         }
-        tx.commit().await?;
-        Ok((number as u32, orphans))
+        deleted
     }
 
     /// The app's versions, newest first.
@@ -574,17 +763,24 @@ impl Store {
             .collect()
     }
 
-    /// Makes version `number` the app's active one; false if it has none.
-    pub async fn activate(&self, app: &AppRow, number: u32) -> Result<bool, sqlx::Error> {
+    /// Makes version `number` the app's active one; the revision that
+    /// serves it, or `None` if the app has no such version.
+    pub async fn activate(&self, app: &AppRow, number: u32) -> Result<Option<i64>, WriteError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE apps SET active_version_id = (SELECT id FROM versions WHERE app_id = $1 AND number = $2) \
              WHERE id = $1 AND EXISTS (SELECT 1 FROM versions WHERE app_id = $1 AND number = $2)",
         )
         .bind(app.id)
         .bind(number as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let revision = self.append_change(&mut tx, app.id).await?;
+        tx.commit().await?;
+        Ok(Some(revision))
     }
 
     // ----------------------------------------------------------------- audit
@@ -631,6 +827,49 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Locks the tenant's row until the transaction ends (a no-op update:
+/// portable, and on SQLite the transaction is the only writer anyway) and
+/// reads it: quota checks made after this see every committed change and
+/// no concurrent one.
+async fn lock_tenant(conn: &mut AnyConnection, tenant_id: i64) -> Result<Tenant, sqlx::Error> {
+    sqlx::query("UPDATE tenants SET max_apps = max_apps WHERE id = $1")
+        .bind(tenant_id)
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+    ))
+    .bind(tenant_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    tenant_from(&row)
+}
+
+async fn stored_bytes(conn: &mut AnyConnection, tenant_id: i64) -> Result<u64, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(c.size_bytes), 0) AS BIGINT) AS n FROM tenant_components t JOIN components c ON c.digest = t.digest WHERE t.tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+}
+
+async fn holds(
+    conn: &mut AnyConnection,
+    tenant_id: i64,
+    digest: &Sha256Digest,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM tenant_components WHERE tenant_id = $1 AND digest = $2",
+    )
+    .bind(tenant_id)
+    .bind(digest.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
 }
 
 /// A value as JSON text for a column.

@@ -161,3 +161,107 @@ impl Drop for TestApi {
         self.shutdown.cancel();
     }
 }
+
+/// `component` with `entry` appended to section `section_id` of the first of
+/// its top-level core modules that has such a section: a real component
+/// made to break one admission limit, for tests. A second memory is
+/// `(5, &[0x00, 0x01])` (no maximum, one page); a table of `n` funcrefs is
+/// `(4, &[0x70, 0x00, LEB128(n)…])`. Panics if no core module has the section.
+pub fn with_core_section_entry(component: &[u8], section_id: u8, entry: &[u8]) -> Vec<u8> {
+    const CORE_MODULE: u8 = 1;
+    let mut out = component[..8].to_vec();
+    let mut done = false;
+    for (id, content) in raw_sections(&component[8..]) {
+        let content = if id == CORE_MODULE && !done {
+            match with_entry(content, section_id, entry) {
+                Some(module) => {
+                    done = true;
+                    module
+                }
+                None => content.to_vec(),
+            }
+        } else {
+            content.to_vec()
+        };
+        push_section(&mut out, id, &content);
+    }
+    assert!(done, "no core module has section {section_id}");
+    out
+}
+
+/// `module` with `entry` appended to its section `section_id`, if it has one.
+fn with_entry(module: &[u8], section_id: u8, entry: &[u8]) -> Option<Vec<u8>> {
+    let mut out = module[..8].to_vec();
+    let mut found = false;
+    for (id, content) in raw_sections(&module[8..]) {
+        if id == section_id {
+            let (count, len) = read_leb(content);
+            let mut grown = Vec::new();
+            push_leb(&mut grown, count + 1);
+            grown.extend_from_slice(&content[len..]);
+            grown.extend_from_slice(entry);
+            push_section(&mut out, id, &grown);
+            found = true;
+        } else {
+            push_section(&mut out, id, content);
+        }
+    }
+    found.then_some(out)
+}
+
+/// `(id, content)` of each section in `bytes` (after the 8-byte preamble).
+fn raw_sections(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut sections = Vec::new();
+    while !bytes.is_empty() {
+        let id = bytes[0];
+        let (size, len) = read_leb(&bytes[1..]);
+        let start = 1 + len;
+        let end = start + size as usize;
+        sections.push((id, &bytes[start..end]));
+        bytes = &bytes[end..];
+    }
+    sections
+}
+
+fn push_section(out: &mut Vec<u8>, id: u8, content: &[u8]) {
+    out.push(id);
+    push_leb(out, content.len() as u64);
+    out.extend_from_slice(content);
+}
+
+/// An unsigned LEB128 value and how many bytes it took.
+fn read_leb(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    panic!("truncated LEB128")
+}
+
+/// Appends `value` as unsigned LEB128.
+pub fn push_leb(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// `component` with a custom section of `padding` bytes appended: the same
+/// program under another digest and size.
+pub fn with_custom_section(component: &[u8], name: &str, padding: usize) -> Vec<u8> {
+    let mut content = Vec::new();
+    push_leb(&mut content, name.len() as u64);
+    content.extend_from_slice(name.as_bytes());
+    content.resize(content.len() + padding, 0);
+    let mut out = component.to_vec();
+    push_section(&mut out, 0, &content);
+    out
+}

@@ -89,6 +89,11 @@ impl ComponentCache {
     pub async fn contains(&self, digest: &Sha256Digest) -> bool {
         self.cache.get(digest).await.is_some()
     }
+
+    /// Drops `digest` from memory (its component is no longer kept).
+    pub async fn forget(&self, digest: &Sha256Digest) {
+        self.cache.invalidate(digest).await;
+    }
 }
 
 fn prepare(
@@ -101,7 +106,13 @@ fn prepare(
     let (prepared, source) = runtime
         .prepare(digest, || std::fs::read(&path))
         .map_err(|e| {
-            tracing::error!(component = %path.display(), digest = %digest.short(), error = %e, "component cannot be prepared");
+            let kind = match &e {
+                RuntimeError::Refused(_) => "remembered",
+                e if e.is_deterministic() => "refused",
+                _ => "transient",
+            };
+            metrics.prepare_failures.with_label_values(&[kind]).inc();
+            tracing::error!(component = %path.display(), digest = %digest.short(), kind, error = %e, "component cannot be prepared");
             PrepareError::Runtime(Arc::new(e))
         })?;
     let label = match source {
@@ -132,14 +143,7 @@ mod tests {
     use gannet_runtime::{EngineConfig, PoolConfig, RuntimeConfig};
 
     fn small_runtime(dir: &Path) -> Arc<Runtime> {
-        let pool = PoolConfig {
-            total_component_instances: 10,
-            total_core_instances: 100,
-            total_memories: 20,
-            total_tables: 40,
-            total_stacks: 10,
-            ..PoolConfig::default()
-        };
+        let pool = PoolConfig::for_instances(10);
         let config = RuntimeConfig {
             engine: EngineConfig {
                 pool: Some(pool),

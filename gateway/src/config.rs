@@ -19,7 +19,14 @@ pub struct ControlPlane {
     pub state_dir: PathBuf,
     /// Longest wait of one state poll.
     pub poll_wait: Duration,
+    /// Largest body read from the control API: a component download (which
+    /// is also held to the size the state declares for it) or a state
+    /// document. At least the largest component size quota of any tenant.
+    pub max_body: ByteSize,
 }
+
+/// The default `--max-component-size`: 8× the default tenant quota (32 MiB).
+pub const DEFAULT_MAX_COMPONENT_SIZE: ByteSize = ByteSize(256 << 20);
 
 /// Everything `Gateway::build` needs.
 #[derive(Clone, Debug)]
@@ -75,6 +82,6 @@ impl GatewayConfig {
         self.engine
             .pool
             .as_ref()
-            .map_or(4 << 30, |p| p.max_memory_size as u64)
+            .map_or(4 << 30, |p| p.admits.memory_size as u64)
     }
 }

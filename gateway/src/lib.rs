@@ -185,30 +185,46 @@ impl Gateway {
         Ok(summary)
     }
 
-    /// Warms every component of `apps` (from the disk cache, or by
-    /// compiling), then swaps in the routing table they make, in one step.
-    /// On any error the table in service stays.
+    /// Loads (from the disk cache) or compiles `spec`'s component and keeps
+    /// it warm in memory, ready to be installed. A component refused before
+    /// for a reason that does not change is not compiled again.
+    pub async fn prepare(&self, spec: &AppSpec, digest: Sha256Digest) -> Result<(), PrepareError> {
+        self.state
+            .cache
+            .get(digest, &spec.component)
+            .await
+            .map(drop)
+    }
+
+    /// Warms every component of `apps`, then installs them in one step: all
+    /// or nothing (a routes file is the operator's, and is taken whole). On
+    /// any error the table in service stays.
     pub async fn apply(
         &self,
         apps: Vec<(AppSpec, Sha256Digest)>,
     ) -> Result<LoadSummary, GatewayError> {
         let mut distinct = HashMap::new();
         for (spec, digest) in &apps {
-            distinct
-                .entry(*digest)
-                .or_insert((spec.id.to_string(), spec.component.clone()));
+            distinct.entry(*digest).or_insert(spec);
         }
-        for (digest, (app, path)) in &distinct {
-            self.state
-                .cache
-                .get(*digest, path)
+        for (digest, spec) in distinct {
+            self.prepare(spec, digest)
                 .await
                 .map_err(|source| GatewayError::Prepare {
-                    app: app.clone(),
+                    app: spec.id.to_string(),
                     source,
                 })?;
         }
+        Ok(self.install(apps))
+    }
+
+    /// Swaps in the routing table made of `apps`, whose components were
+    /// prepared. Requests already running keep the table they loaded; the
+    /// metric series of versions (and apps) no longer served are removed.
+    pub fn install(&self, apps: Vec<(AppSpec, Sha256Digest)>) -> LoadSummary {
         let old = self.state.routes.load_full();
+        let components: std::collections::HashSet<Sha256Digest> =
+            apps.iter().map(|(_, d)| *d).collect();
         let mut entries = Vec::with_capacity(apps.len());
         for (spec, digest) in apps {
             let app = self.build_app(&spec, digest, old.app(&spec.id));
@@ -216,16 +232,24 @@ impl Gateway {
         }
         let summary = LoadSummary {
             apps: entries.len(),
-            components: distinct.len(),
+            components: components.len(),
         };
-        self.state.routes.store(Arc::new(RouteTable::new(entries)));
+        let table = RouteTable::new(entries);
+        for gone in old.apps() {
+            match table.app(&gone.id) {
+                Some(now) if now.version == gone.version => {}
+                Some(_) => self.state.metrics.forget_version(&gone.metrics, false),
+                None => self.state.metrics.forget_version(&gone.metrics, true),
+            }
+        }
+        self.state.routes.store(Arc::new(table));
         self.state.metrics.apps.set(summary.apps as i64);
         tracing::info!(
             apps = summary.apps,
             components = summary.components,
             "routing table applied"
         );
-        Ok(summary)
+        summary
     }
 
     fn build_app(&self, spec: &AppSpec, digest: Sha256Digest, previous: Option<&Arc<App>>) -> App {

@@ -33,14 +33,22 @@ struct Args {
     )]
     routes: Option<PathBuf>,
     /// Follow this control API instead of a routes file.
-    #[arg(long, env = "GANNET_CONTROL_API", requires_all = ["pop", "node_token"])]
+    #[arg(long, env = "GANNET_CONTROL_API", requires = "pop")]
     control_api: Option<String>,
     /// The PoP this gateway serves (with --control-api).
     #[arg(long, env = "GANNET_POP")]
     pop: Option<String>,
-    /// This gateway's node token (with --control-api).
+    /// This gateway's node token (with --control-api). Prefer
+    /// --node-token-file or GANNET_NODE_TOKEN: other users can read argv.
     #[arg(long, env = "GANNET_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
+    /// A file holding this gateway's node token (with --control-api).
+    #[arg(long, env = "GANNET_NODE_TOKEN_FILE", conflicts_with = "node_token")]
+    node_token_file: Option<PathBuf>,
+    /// Largest component (or state document) taken from the control API;
+    /// at least the largest component size quota of any tenant.
+    #[arg(long, default_value_t = gannet_gateway::config::DEFAULT_MAX_COMPONENT_SIZE)]
+    max_component_size: ByteSize,
     /// Where the last applied state and its components are kept (with --control-api).
     #[arg(long, env = "GANNET_STATE_DIR", default_value = "./gannet-state")]
     state_dir: PathBuf,
@@ -86,35 +94,45 @@ struct Args {
 }
 
 impl Args {
+    /// The node token, from --node-token, GANNET_NODE_TOKEN or the file.
+    fn node_token(&self) -> Result<Option<String>> {
+        if let Some(t) = &self.node_token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.node_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the node token from {}", path.display()))?;
+        let token = text.trim();
+        anyhow::ensure!(!token.is_empty(), "{} holds no node token", path.display());
+        Ok(Some(token.to_string()))
+    }
+
     fn resolve(&self) -> Result<GatewayConfig> {
         anyhow::ensure!(
             self.pool_instances > 0,
             "--pool-instances must be at least 1"
         );
-        let pool = (!self.no_pool).then(|| {
-            let n = self.pool_instances;
-            PoolConfig {
-                total_component_instances: n,
-                total_core_instances: n.saturating_mul(10),
-                total_memories: n.saturating_mul(2),
-                total_tables: n.saturating_mul(4),
-                total_stacks: n,
-                linear_memory_keep_resident: usize::try_from(self.pool_keep_resident.bytes())
-                    .unwrap_or(usize::MAX),
-                decommit_batch_size: self.pool_decommit_batch.max(1),
-                max_unused_warm_slots: self.pool_warm_slots,
-                ..PoolConfig::default()
-            }
+        let pool = (!self.no_pool).then(|| PoolConfig {
+            linear_memory_keep_resident: usize::try_from(self.pool_keep_resident.bytes())
+                .unwrap_or(usize::MAX),
+            decommit_batch_size: self.pool_decommit_batch.max(1),
+            max_unused_warm_slots: self.pool_warm_slots,
+            ..PoolConfig::for_instances(self.pool_instances)
         });
         Ok(GatewayConfig {
             routes_path: self.routes.clone(),
-            control: match (&self.control_api, &self.pop, &self.node_token) {
-                (Some(url), Some(pop), Some(token)) => Some(ControlPlane {
+            control: match (&self.control_api, &self.pop) {
+                (Some(url), Some(pop)) => Some(ControlPlane {
                     url: url.clone(),
                     pop: pop.clone(),
-                    node_token: token.clone(),
+                    node_token: self.node_token()?.context(
+                        "--control-api needs a node token: --node-token-file, GANNET_NODE_TOKEN or --node-token",
+                    )?,
                     state_dir: self.state_dir.clone(),
                     poll_wait: Duration::from_secs(30),
+                    max_body: self.max_component_size,
                 }),
                 _ => None,
             },

@@ -23,6 +23,12 @@
 //! | `gannet_sync_apply_duration_seconds` | histogram | |
 //! | `gannet_sync_downloads_total`, `gannet_sync_download_bytes_total` | counter | |
 //! | `gannet_sync_last_success_timestamp_seconds` | gauge | |
+//! | `gannet_component_prepare_failures_total` | counter | kind (refused, remembered, transient) |
+//! | `gannet_sync_artifacts_collected_total` | counter | |
+//!
+//! When a version stops being served, its series (and, when the app is
+//! gone, the app's) are removed, so a gateway's `/metrics` does not grow
+//! with every deploy.
 
 use std::sync::OnceLock;
 
@@ -61,6 +67,8 @@ pub struct Metrics {
     pub(crate) sync_downloads: IntCounter,
     pub(crate) sync_download_bytes: IntCounter,
     pub(crate) sync_last_success: IntGauge,
+    pub(crate) prepare_failures: IntCounterVec,
+    pub(crate) sync_collected: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -255,8 +263,41 @@ impl Metrics {
                     "When the control API last answered a poll (sync lag = now - this).",
                 )?,
             ),
+            prepare_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_component_prepare_failures_total",
+                        "Components that could not be prepared: refused (does not compile, fit the pool or link), remembered (refused before, not compiled again), transient (I/O, bytes not matching their digest).",
+                    ),
+                    &["kind"],
+                )?,
+            ),
+            sync_collected: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_sync_artifacts_collected_total",
+                    "Components deleted from the state and cache directories because no served or retained version uses them.",
+                )?,
+            ),
             registry: r,
         })
+    }
+
+    /// Removes the series of a version no longer served and, when the app
+    /// itself is gone, the app's series. Requests of that version still
+    /// running are no longer counted.
+    pub fn forget_version(&self, m: &AppMetrics, app_gone: bool) {
+        m.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+        let version = [("app", m.app.as_str()), ("version", m.version.as_str())];
+        remove_matching(&self.requests, &version);
+        remove_matching(&self.guest_failures, &version);
+        let _ = self.duration.remove_label_values(&[&m.app, &m.version]);
+        if app_gone {
+            let _ = self.instantiate.remove_label_values(&[&m.app]);
+            let _ = self.inflight.remove_label_values(&[&m.app]);
+            let _ = self.log_dropped.remove_label_values(&[&m.app]);
+        }
     }
 
     /// Renders the registry in the Prometheus text format.
@@ -268,6 +309,26 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Removes every series of `vec` whose labels include all of `labels`.
+fn remove_matching<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    labels: &[(&str, &str)],
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let series: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.iter().all(|(k, v)| series.get(k) == Some(v)) {
+                let _ = vec.remove(&series);
+            }
+        }
     }
 }
 
@@ -290,6 +351,9 @@ pub struct AppMetrics {
     /// Responses counted, for reports to the control API; kept across
     /// routing-table rebuilds while the app's version stays.
     pub counts: std::sync::Arc<RequestCounts>,
+    /// Set when the version stops being served and its series are removed:
+    /// late requests of it do not bring them back.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// Responses of one app version since the gateway started.
@@ -319,6 +383,7 @@ impl AppMetrics {
             instantiate: m.instantiate.with_label_values(&[app]),
             inflight: m.inflight.with_label_values(&[app]),
             counts,
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -328,6 +393,9 @@ impl AppMetrics {
         self.counts.answered.fetch_add(1, Relaxed);
         if status >= 500 {
             self.counts.failed.fetch_add(1, Relaxed);
+        }
+        if self.retired.load(Relaxed) {
+            return;
         }
         match COMMON_STATUSES.iter().position(|&s| s == status) {
             Some(i) => self.by_status[i]
@@ -348,6 +416,9 @@ impl AppMetrics {
 
     /// Counts one failed invocation.
     pub fn failure(&self, kind: &str) {
+        if self.retired.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         self.failures
             .with_label_values(&[&self.app, &self.version, kind])
             .inc();

@@ -27,6 +27,10 @@ pub struct DeployedApp {
     pub limits: Limits,
     /// Outbound allowlist.
     pub outbound: Vec<String>,
+    /// Components of the app's other retained versions (what a rollback may
+    /// need): a gateway keeps these if it has them and collects the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retain: Vec<Sha256Digest>,
 }
 
 impl DeployedApp {

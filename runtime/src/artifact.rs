@@ -10,8 +10,15 @@
 //! truncated or corrupted must never be loaded: every load first checks the
 //! file against its sum, and a mismatch (or a missing sum) discards the
 //! artifact and recompiles from the component bytes.
+//!
+//! A component that cannot be prepared for a reason that would not change
+//! on a retry (it does not compile, does not fit the pool, does not link)
+//! is remembered as `<sha256>-<refusal key>.refused`, holding the reason;
+//! the refusal key hashes the engine key and the pool's admission limits, so
+//! a gateway with a wider pool tries again.
 
 use crate::RuntimeError;
+use crate::admission::AdmissionLimits;
 use gannet_model::Sha256Digest;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -47,19 +54,77 @@ pub struct Loaded {
 pub struct ArtifactStore {
     dir: PathBuf,
     engine_key: String,
+    refusal_key: String,
 }
 
+/// Longest refusal reason kept.
+const MAX_REASON: usize = 4096;
+
 impl ArtifactStore {
-    /// Opens (creating if needed) the artifact directory for `engine`.
-    pub fn open(dir: &Path, engine: &Engine) -> Result<Self, RuntimeError> {
+    /// Opens (creating if needed) the artifact directory for `engine`, whose
+    /// pool admits `admits` (`None`: it allocates on demand).
+    pub fn open(
+        dir: &Path,
+        engine: &Engine,
+        admits: Option<AdmissionLimits>,
+    ) -> Result<Self, RuntimeError> {
         fs::create_dir_all(dir)
             .map_err(|e| RuntimeError::io(format!("creating cache dir {}", dir.display()), e))?;
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        let engine_key = format!("{:016x}", h.finish());
+        admits.hash(&mut h);
         Ok(ArtifactStore {
             dir: dir.to_path_buf(),
-            engine_key: format!("{:016x}", h.finish()),
+            engine_key,
+            refusal_key: format!("{:016x}", h.finish()),
         })
+    }
+
+    fn refusal_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.dir
+            .join(format!("{digest}-{}.refused", self.refusal_key))
+    }
+
+    /// Why `digest` was refused before by this engine and pool, if it was.
+    pub fn refusal(&self, digest: &Sha256Digest) -> Option<String> {
+        use std::io::Read;
+        let mut reason = String::new();
+        fs::File::open(self.refusal_path(digest))
+            .ok()?
+            .take(MAX_REASON as u64)
+            .read_to_string(&mut reason)
+            .ok()?;
+        Some(reason)
+    }
+
+    /// Remembers that `digest` cannot be prepared, and why. Best effort: a
+    /// refusal that cannot be written is only computed again.
+    pub fn remember_refusal(&self, digest: &Sha256Digest, reason: &str) {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        if let Err(e) = write_atomic(&self.refusal_path(digest), &reason.as_bytes()[..end]) {
+            tracing::warn!(digest = %digest.short(), error = %e, "refusal not remembered");
+        }
+    }
+
+    /// Deletes everything kept for `digest`: artifact, checksum, refusal.
+    /// Returns the bytes freed.
+    pub fn remove(&self, digest: &Sha256Digest) -> u64 {
+        let mut freed = 0;
+        for path in [
+            self.path(digest),
+            self.sum_path(digest),
+            self.refusal_path(digest),
+        ] {
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            if fs::remove_file(&path).is_ok() {
+                freed += len;
+            }
+        }
+        freed
     }
 
     /// Path of `digest`'s artifact.
@@ -122,8 +187,9 @@ impl ArtifactStore {
             .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         drop(bytes);
         let sum = hex(&Sha256::digest(&cwasm));
-        write_atomic(&path, &cwasm)?;
-        write_atomic(&sum_path, sum.as_bytes())?;
+        let io = |e| RuntimeError::io(format!("writing {}", path.display()), e);
+        write_atomic(&path, &cwasm).map_err(io)?;
+        write_atomic(&sum_path, sum.as_bytes()).map_err(io)?;
         let component = self.deserialize(engine, &path)?;
         Ok(Loaded {
             component,
@@ -174,22 +240,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+/// Writes `bytes` to `path` through a synced temporary file (a random name
+/// beside it) and a rename, then syncs the directory: a reader sees the old
+/// file or the new one, never half of one, and after a crash the new one is
+/// either there whole or not at all. On failure the temporary file is
+/// removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("artifact");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", random_suffix()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-        RuntimeError::io(format!("writing {}", path.display()), e)
     })
+}
+
+/// A value that differs between calls and processes, for temporary names.
+fn random_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = DefaultHasher::new();
+    std::process::id().hash(&mut h);
+    COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    h.finish()
 }

@@ -2,17 +2,27 @@
 //! instances of many components.
 
 use crate::RuntimeError;
+use crate::admission::AdmissionLimits;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Pool sizes and reuse policy for the pooling instance allocator.
 ///
+/// What one component may hold (memories and tables per module, table
+/// elements, core instances, instance record sizes) is [`AdmissionLimits`]:
+/// the same value the upload validator checks, so whatever the control API
+/// accepts loads here. The totals bound how many instances (requests) run at
+/// once; [`PoolConfig::for_instances`] sizes them, never below what one
+/// admitted component needs.
+///
 /// The defaults are sized for the large components that mainstream
-/// toolchains produce (componentize-py ~21 MB, componentize-js ~12 MB):
-/// many core instances per component, big tables and instance records, and
+/// toolchains produce (componentize-py ~21 MB, componentize-js ~12 MB), with
 /// enough resident memory kept per slot that re-instantiating such a guest
 /// does not fault its heap back in page by page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
+    /// What one component may hold. At least [`AdmissionLimits::PLATFORM`]:
+    /// a gateway may admit more than the platform, never less.
+    pub admits: AdmissionLimits,
     /// Component instances alive at once (one per in-flight request).
     pub total_component_instances: u32,
     /// Core instances alive at once, across all components.
@@ -23,25 +33,15 @@ pub struct PoolConfig {
     pub total_tables: u32,
     /// Async stacks alive at once.
     pub total_stacks: u32,
-    /// Core instances one component may create.
-    pub max_core_instances_per_component: u32,
-    /// Memories one component may define.
-    pub max_memories_per_component: u32,
-    /// Tables one component may define.
-    pub max_tables_per_component: u32,
-    /// Size of one core instance record (VMContext), bytes.
-    pub max_core_instance_size: usize,
-    /// Size of one component instance record, bytes.
-    pub max_component_instance_size: usize,
-    /// Elements per table.
-    pub table_elements: usize,
-    /// Largest linear memory, bytes: the address space reserved per slot.
-    pub max_memory_size: usize,
     /// Bytes of each memory slot kept resident (reset with memset rather than
     /// decommitted) when an instance ends.
     pub linear_memory_keep_resident: usize,
     /// Bytes of each table slot kept resident.
     pub table_keep_resident: usize,
+    /// Bytes of each async stack zeroed with memset (and kept resident)
+    /// when an instance ends; the rest of the stack is decommitted. Stacks
+    /// are always zeroed before reuse.
+    pub stack_keep_resident: usize,
     /// Unused slots kept warm (with their image mapped) for reuse.
     pub max_unused_warm_slots: u32,
     /// Slots decommitted together in one batch.
@@ -50,24 +50,47 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
+        PoolConfig::for_instances(1000)
+    }
+}
+
+impl PoolConfig {
+    /// A pool for `instances` concurrent instances of platform-admitted
+    /// components: 10 core instances, 2 memories and 4 tables per instance
+    /// on average (what a componentize-py app uses), and never fewer than
+    /// one component at the admission limits needs.
+    pub fn for_instances(instances: u32) -> PoolConfig {
         PoolConfig {
-            total_component_instances: 1000,
-            total_core_instances: 10_000,
-            total_memories: 2000,
-            total_tables: 4000,
-            total_stacks: 1000,
-            max_core_instances_per_component: 64,
-            max_memories_per_component: 8,
-            max_tables_per_component: 16,
-            max_core_instance_size: 4 << 20,
-            max_component_instance_size: 4 << 20,
-            table_elements: 100_000,
-            max_memory_size: 4 << 30,
+            admits: AdmissionLimits::PLATFORM,
+            total_component_instances: instances,
+            total_core_instances: instances.saturating_mul(10),
+            total_memories: instances.saturating_mul(2),
+            total_tables: instances.saturating_mul(4),
+            total_stacks: instances,
             linear_memory_keep_resident: 64 << 20,
             table_keep_resident: 1 << 20,
+            stack_keep_resident: 16 << 10,
             max_unused_warm_slots: 200,
             decommit_batch_size: 16,
         }
+        .with_floors()
+    }
+
+    /// The same pool with every total at least what one component at the
+    /// admission limits takes, so an admitted component can always run.
+    pub fn with_floors(mut self) -> PoolConfig {
+        let a = &self.admits;
+        self.total_component_instances = self.total_component_instances.max(1);
+        self.total_core_instances = self
+            .total_core_instances
+            .max(a.core_instances_per_component);
+        self.total_memories = self.total_memories.max(a.memories_per_component);
+        self.total_tables = self
+            .total_tables
+            .max(a.tables_per_component)
+            .max(a.tables_per_module);
+        self.total_stacks = self.total_stacks.max(1);
+        self
     }
 }
 
@@ -89,6 +112,43 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// The engine the control API validates uploads with: the gateway's
+    /// engine settings and admission limits, with a pool of one instance, so
+    /// compiling a component checks exactly what a gateway's pool checks
+    /// (core instances, memories and tables per component, instance record
+    /// sizes) while reserving the address space of a few slots, not a
+    /// thousand.
+    pub fn validation() -> EngineConfig {
+        EngineConfig {
+            pool: Some(
+                PoolConfig {
+                    total_core_instances: 0,
+                    total_memories: 0,
+                    total_tables: 0,
+                    linear_memory_keep_resident: 0,
+                    table_keep_resident: 0,
+                    stack_keep_resident: 0,
+                    max_unused_warm_slots: 0,
+                    decommit_batch_size: 1,
+                    ..PoolConfig::for_instances(1)
+                }
+                .with_floors(),
+            ),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// What an engine built from this config admits: its pool's limits, or
+    /// nothing beyond the platform's when it allocates on demand (which fits
+    /// any component).
+    pub fn admits(&self) -> AdmissionLimits {
+        self.pool
+            .as_ref()
+            .map_or(AdmissionLimits::PLATFORM, |p| p.admits)
+    }
+}
+
 /// Which allocator the engine runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllocatorKind {
@@ -107,27 +167,33 @@ fn base_config(config: &EngineConfig) -> Config {
     // Async stacks must hold the wasm stack plus host frames.
     c.async_stack_size(config.max_wasm_stack + (1 << 20));
     c.parallel_compilation(true);
+    // Zero an async stack before another instance gets it: a guest's stack
+    // frames never reach the next request (of any tenant).
+    c.async_stack_zeroing(true);
     c
 }
 
 fn pooling(pool: &PoolConfig) -> PoolingAllocationConfig {
+    let pool = pool.clone().with_floors();
+    let a = &pool.admits;
     let mut p = PoolingAllocationConfig::new();
     p.total_component_instances(pool.total_component_instances)
         .total_core_instances(pool.total_core_instances)
         .total_memories(pool.total_memories)
         .total_tables(pool.total_tables)
         .total_stacks(pool.total_stacks)
-        .max_core_instances_per_component(pool.max_core_instances_per_component)
-        .max_memories_per_component(pool.max_memories_per_component)
-        .max_tables_per_component(pool.max_tables_per_component)
-        .max_memories_per_module(1)
-        .max_tables_per_module(8)
-        .max_core_instance_size(pool.max_core_instance_size)
-        .max_component_instance_size(pool.max_component_instance_size)
-        .table_elements(pool.table_elements)
-        .max_memory_size(pool.max_memory_size)
+        .max_core_instances_per_component(a.core_instances_per_component)
+        .max_memories_per_component(a.memories_per_component)
+        .max_tables_per_component(a.tables_per_component)
+        .max_memories_per_module(a.memories_per_module)
+        .max_tables_per_module(a.tables_per_module)
+        .max_core_instance_size(a.core_instance_size)
+        .max_component_instance_size(a.component_instance_size)
+        .table_elements(a.table_elements)
+        .max_memory_size(a.memory_size)
         .linear_memory_keep_resident(pool.linear_memory_keep_resident)
         .table_keep_resident(pool.table_keep_resident)
+        .async_stack_keep_resident(pool.stack_keep_resident)
         .max_unused_warm_slots(pool.max_unused_warm_slots)
         .decommit_batch_size(pool.decommit_batch_size)
         // Reset only the pages a guest dirtied, where the kernel can say
@@ -139,8 +205,16 @@ fn pooling(pool: &PoolConfig) -> PoolingAllocationConfig {
 /// Builds the engine. With a pool configured, tries the pooling allocator
 /// first; if its address-space reservation fails (a low `ulimit -v`, a small
 /// 32-bit space), logs a warning and falls back to on-demand allocation.
+///
+/// A pool that admits less than the platform ([`AdmissionLimits::PLATFORM`])
+/// is refused: a component the control API accepted must load everywhere.
 pub fn build_engine(config: &EngineConfig) -> Result<(Engine, AllocatorKind), RuntimeError> {
     if let Some(pool) = &config.pool {
+        pool.admits
+            .covers(&AdmissionLimits::PLATFORM)
+            .map_err(|e| {
+                RuntimeError::Engine(format!("the pool admits less than the platform: {e}"))
+            })?;
         let mut c = base_config(config);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
         match Engine::new(&c) {
@@ -177,6 +251,66 @@ mod tests {
         };
         let (_engine, kind) = build_engine(&config).unwrap();
         assert_eq!(kind, AllocatorKind::OnDemand);
+    }
+
+    #[test]
+    fn a_pool_narrower_than_the_platform_is_refused() {
+        let config = EngineConfig {
+            pool: Some(PoolConfig {
+                admits: AdmissionLimits {
+                    table_elements: 10_000,
+                    ..AdmissionLimits::PLATFORM
+                },
+                ..PoolConfig::default()
+            }),
+            ..EngineConfig::default()
+        };
+        let err = build_engine(&config).expect_err("must be refused");
+        assert!(err.to_string().contains("table_elements is 10000"), "{err}");
+    }
+
+    #[test]
+    fn totals_never_fall_below_what_one_admitted_component_needs() {
+        let p = PoolConfig::for_instances(1);
+        let a = AdmissionLimits::PLATFORM;
+        assert_eq!(p.total_component_instances, 1);
+        assert!(p.total_core_instances >= a.core_instances_per_component);
+        assert!(p.total_memories >= a.memories_per_component);
+        assert!(p.total_tables >= a.tables_per_component);
+        let p = PoolConfig::for_instances(1000);
+        assert_eq!(p.total_core_instances, 10_000);
+    }
+
+    /// The control API's validation engine refuses what a gateway's pool
+    /// would refuse to load, including what only the engine can count.
+    #[test]
+    fn the_validation_engine_checks_what_the_pool_checks() {
+        let (engine, kind) = build_engine(&EngineConfig::validation()).unwrap();
+        assert_eq!(kind, AllocatorKind::Pooling);
+        let instances = |n: usize| {
+            let mut wat = String::from("(component (core module $m (func)) ");
+            wat.push_str(&"(core instance (instantiate $m)) ".repeat(n));
+            wat.push(')');
+            wat::parse_str(wat).unwrap()
+        };
+        let limit = AdmissionLimits::PLATFORM.core_instances_per_component as usize;
+        assert!(wasmtime::component::Component::new(&engine, instances(limit)).is_ok());
+        let err = wasmtime::component::Component::new(&engine, instances(limit + 1))
+            .expect_err("one core instance too many");
+        assert!(
+            format!("{err:#}").contains(&format!("{} core module instances", limit + 1)),
+            "{err:#}"
+        );
+        let two_memories = wat::parse_str(
+            "(component (core module $m (memory 1) (memory 1)) (core instance (instantiate $m)))",
+        )
+        .unwrap();
+        let err = wasmtime::component::Component::new(&engine, two_memories)
+            .expect_err("two memories in one module");
+        assert!(
+            format!("{err:#}").contains("memories count of 2"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum RuntimeError {
     /// The component does not export `wasi:http/incoming-handler`.
     #[error("component is not a wasi:http proxy: {0}")]
     NotAProxy(String),
+    /// Refused before, for a reason that does not change (it did not
+    /// compile, fit the pool or link): remembered, not compiled again.
+    #[error("{0} (remembered; not compiled again)")]
+    Refused(String),
     /// The bytes do not hash to the digest they were named by.
     #[error("component bytes do not match digest {expected}: got {actual}")]
     DigestMismatch {
@@ -39,6 +43,19 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// Whether preparing the same bytes with the same engine would fail the
+    /// same way: compiling, fitting the pool, linking. Not: I/O, or bytes
+    /// that do not match their digest (fetch them again).
+    pub fn is_deterministic(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Compile(_)
+                | RuntimeError::Link(_)
+                | RuntimeError::NotAProxy(_)
+                | RuntimeError::Refused(_)
+        )
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         RuntimeError::Io {
             what: what.into(),

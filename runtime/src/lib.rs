@@ -21,6 +21,7 @@
 //!    limits, and [`Prepared::pre`] instantiates it.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod artifact;
 pub mod engine;
 pub mod epoch;
@@ -32,6 +33,7 @@ pub mod linker;
 pub mod outbound;
 pub mod validate;
 
+pub use admission::AdmissionLimits;
 pub use artifact::{ArtifactSource, ArtifactStore};
 pub use engine::{AllocatorKind, EngineConfig, PoolConfig};
 pub use error::{GuestFailure, RuntimeError};
@@ -81,7 +83,11 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let (engine, allocator) = engine::build_engine(&config.engine)?;
         let linker = linker::build_linker(&engine)?;
-        let artifacts = ArtifactStore::open(&config.cache_dir, &engine)?;
+        let admits = match allocator {
+            AllocatorKind::Pooling => Some(config.engine.admits()),
+            AllocatorKind::OnDemand => None,
+        };
+        let artifacts = ArtifactStore::open(&config.cache_dir, &engine, admits)?;
         let ticker = epoch::EpochTicker::start(engine.clone(), limits::EPOCH_TICK);
         Ok(Runtime {
             engine,
@@ -102,13 +108,18 @@ impl Runtime {
         &self.linker
     }
 
-    /// Validates an upload against this runtime's engine and linker.
-    /// Blocking (compiles).
+    /// Validates an upload against the platform's admission limits and this
+    /// runtime's engine and linker. Blocking (compiles).
     pub fn validate(
         &self,
         bytes: &[u8],
     ) -> Result<validate::ComponentInfo, validate::ValidationError> {
-        validate::validate(&self.engine, &self.linker, bytes)
+        validate::validate(
+            &self.engine,
+            &self.linker,
+            &AdmissionLimits::PLATFORM,
+            bytes,
+        )
     }
 
     /// Which instance allocator the engine ended up with.
@@ -124,8 +135,30 @@ impl Runtime {
     /// Loads `digest`'s precompiled artifact from disk, or compiles the bytes
     /// that `source` returns, then links and pre-instantiates it.
     ///
+    /// A component that fails for a reason that would fail again (it does
+    /// not compile, does not fit this engine's pool, does not link) is
+    /// remembered as refused in the artifact store, and later calls return
+    /// [`RuntimeError::Refused`] without compiling it again.
+    ///
     /// Blocking (file I/O, compilation): call it from `spawn_blocking`.
     pub fn prepare(
+        &self,
+        digest: Sha256Digest,
+        source: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(Prepared, ArtifactSource), RuntimeError> {
+        if let Some(reason) = self.artifacts.refusal(&digest) {
+            return Err(RuntimeError::Refused(reason));
+        }
+        let result = self.load_and_link(digest, source);
+        if let Err(e) = &result
+            && e.is_deterministic()
+        {
+            self.artifacts.remember_refusal(&digest, &e.to_string());
+        }
+        result
+    }
+
+    fn load_and_link(
         &self,
         digest: Sha256Digest,
         source: impl FnOnce() -> std::io::Result<Vec<u8>>,

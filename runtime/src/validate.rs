@@ -4,9 +4,12 @@
 //! component (not a core module) → does it parse → does it export
 //! `wasi:http/incoming-handler@0.2.x` → does it import only interfaces the
 //! platform grants ([`crate::linker::GRANTED_PACKAGES`]; every refused import
-//! is named) → does it compile with the platform's engine → does it link and
-//! pre-instantiate against the platform's linker.
+//! is named) → do its core modules fit the admission limits (read from the
+//! binary, [`crate::admission::check_static`]) → does it compile with the
+//! platform's engine, whose pool checks the per-component aggregates → does
+//! it link and pre-instantiate against the platform's linker.
 
+use crate::admission::{self, AdmissionError, AdmissionLimits};
 use crate::host::Host;
 use wasmparser::{Encoding, Parser, Payload};
 use wasmtime::Engine;
@@ -36,6 +39,9 @@ pub enum ValidationError {
     /// Imports the platform does not provide.
     #[error("the component imports interfaces the platform does not provide: {}", .0.join(", "))]
     RefusedImports(Vec<String>),
+    /// Does not fit what every gateway admits.
+    #[error("the component exceeds the platform's admission limits: {0}")]
+    Admission(String),
     /// Does not compile with the platform's engine.
     #[error("the component does not compile: {0}")]
     Compile(String),
@@ -141,17 +147,33 @@ pub fn check_interface(info: &ComponentInfo) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Full validation: inspect, check, compile with `engine`, link with
+impl From<AdmissionError> for ValidationError {
+    fn from(e: AdmissionError) -> Self {
+        ValidationError::Admission(e.to_string())
+    }
+}
+
+/// Full validation: inspect, check, check `limits` statically, compile with
+/// `engine` (whose pool, if it has one, checks the aggregates), link with
 /// `linker`. Blocking (compiles): call it off the async executor.
 pub fn validate(
     engine: &Engine,
     linker: &Linker<Host>,
+    limits: &AdmissionLimits,
     bytes: &[u8],
 ) -> Result<ComponentInfo, ValidationError> {
     let info = inspect(bytes)?;
     check_interface(&info)?;
-    let component =
-        Component::new(engine, bytes).map_err(|e| ValidationError::Compile(format!("{e:#}")))?;
+    admission::check_static(bytes, limits)?;
+    let component = Component::new(engine, bytes).map_err(|e| {
+        let text = format!("{e:#}");
+        // The pool's own checks: per-component aggregates and record sizes.
+        if text.contains("pooling allocator") {
+            ValidationError::Admission(text)
+        } else {
+            ValidationError::Compile(text)
+        }
+    })?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| ValidationError::Link(format!("{e:#}")))?;

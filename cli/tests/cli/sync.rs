@@ -73,12 +73,29 @@ impl Drop for Proc {
 }
 
 fn control_api(data: &Path, listen: &str) -> (Proc, String) {
+    control_api_with(data, listen, None, None)
+}
+
+/// The control API on `database` (default: SQLite under `data`), with a
+/// fault point armed (`GANNET_TEST_FAULT`) if `fault` is given.
+fn control_api_with(
+    data: &Path,
+    listen: &str,
+    database: Option<&str>,
+    fault: Option<&str>,
+) -> (Proc, String) {
     let mut cmd = Command::new(bin("gannet-control-api"));
     cmd.args(["--listen", listen, "--rate-limit", "0"])
         .arg("--data-dir")
         .arg(data)
         .env("GANNET_OPERATOR_TOKEN", OPERATOR)
         .env("RUST_LOG", "warn");
+    if let Some(url) = database {
+        cmd.args(["--database-url", url]);
+    }
+    if let Some(fault) = fault {
+        cmd.env("GANNET_TEST_FAULT", fault);
+    }
     let (p, addrs) = Proc::spawn(cmd, 1);
     (p, addrs[0].clone())
 }
@@ -429,14 +446,18 @@ async fn gateways_follow_the_control_api_and_keep_serving_without_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gannet_dev_runs_the_readme_command() {
-    // The README's command, exactly: `gannet dev examples/hello.wasm`, run
-    // where `examples/hello.wasm` exists, on the default ports.
+    // The README's command, `gannet dev examples/hello.wasm`, run where
+    // `examples/hello.wasm` exists — on port 0 for each listener, so a
+    // quickstart running on this machine does not collide with it.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("examples")).unwrap();
     let wasm = dir.path().join("examples/hello.wasm");
     std::fs::copy(example("hello"), &wasm).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gannet"))
         .args(["dev", "examples/hello.wasm"])
+        .args(["--gateway-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("HOME", dir.path())
         .stdout(Stdio::piped())
@@ -456,34 +477,37 @@ async fn gannet_dev_runs_the_readme_command() {
     })
     .await
     .expect("gannet dev did not start");
-    assert_eq!(
-        serving,
-        "serving examples/hello.wasm at http://hello-dev.localhost:8080/"
-    );
-    let gateway = "http://127.0.0.1:8080";
-    assert_eq!(
-        get(gateway, "hello-dev.localhost").await,
-        Some((200, "hello, world\n".into()))
-    );
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join(".gannet/dev.json")).unwrap())
             .unwrap();
-    assert_eq!(info["gateway_url"], gateway);
-    assert_eq!(info["api_url"], "http://127.0.0.1:7070");
+    let gateway = info["gateway_url"].as_str().unwrap().to_string();
+    let api = info["api_url"].as_str().unwrap().to_string();
+    let port = gateway.rsplit(':').next().unwrap();
+    assert_ne!(port, "0");
+    assert_eq!(
+        serving,
+        format!("serving examples/hello.wasm at http://hello-dev.localhost:{port}/")
+    );
+    assert_eq!(
+        get(&gateway, "hello-dev.localhost").await,
+        Some((200, "hello, world\n".into()))
+    );
     let token = info["token"].as_str().unwrap().to_string();
     let cli = Cli::new();
     let env = [
-        ("GANNET_ENDPOINT", "http://127.0.0.1:7070"),
+        ("GANNET_ENDPOINT", api.as_str()),
         ("GANNET_TOKEN", token.as_str()),
     ];
     let apps = cli.json(&["apps", "list"], &env).await;
     assert_eq!(apps[0]["hostnames"][0], "hello-dev.localhost");
+    let admin = info["admin_url"].as_str().unwrap();
+    assert!(metric(admin, "gannet_routes_apps").await >= 1.0);
 
     // Changing the file redeploys it.
     std::fs::copy(example("env"), &wasm).unwrap();
     assert!(
         eventually(Duration::from_secs(30), async || get(
-            gateway,
+            &gateway,
             "hello-dev.localhost"
         )
         .await
@@ -594,4 +618,282 @@ async fn a_change_through_one_replica_wakes_pollers_on_another() {
         get(&g.url, "shop-acme.localhost").await,
         Some((200, "hello, world\n".into()))
     );
+}
+
+/// The control API, crashed between a change and its feed row, loses
+/// nothing: the change and its feed row are one transaction, so after the
+/// restart what the API says is live is what every gateway serves, and the
+/// change can be made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_change_and_its_feed_row_loses_nothing() {
+    let mut backends = vec![None];
+    let pg = match std::env::var("GANNET_TEST_POSTGRES_URL") {
+        Ok(_) => Some(
+            gannet_control_api::testing::TestDb::new(
+                gannet_control_api::testing::Backend::Postgres,
+            )
+            .await,
+        ),
+        Err(_) => None,
+    };
+    if let Some(db) = &pg {
+        backends.push(Some(db.url.clone()));
+    }
+    for database in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("api");
+        // The second change to what gateways serve aborts the process after
+        // the change is written and before its feed row is.
+        let (api, url) = control_api_with(
+            &data,
+            "127.0.0.1:0",
+            database.as_deref(),
+            Some("abort:change-written:2"),
+        );
+        let addr = url.trim_start_matches("http://").to_string();
+        let cli = Cli::new();
+        let op = [
+            ("GANNET_ENDPOINT", url.as_str()),
+            ("GANNET_TOKEN", OPERATOR),
+        ];
+        let tenant = cli.json(&["admin", "tenants", "create", "acme"], &op).await;
+        let bystander = cli
+            .json(&["admin", "tenants", "create", "other"], &op)
+            .await;
+        cli.ok(&["admin", "pops", "create", "fra1"], &op).await;
+        let node = cli
+            .json(&["admin", "gateways", "token", "--pop", "fra1"], &op)
+            .await;
+        let g = gateway(
+            &url,
+            "fra1",
+            node["token"].as_str().unwrap(),
+            &dir.path().join("gw"),
+            &dir.path().join("cache"),
+        );
+        let me = [
+            ("GANNET_ENDPOINT", url.as_str()),
+            ("GANNET_TOKEN", tenant["token"].as_str().unwrap()),
+        ];
+        let them = [
+            ("GANNET_ENDPOINT", url.as_str()),
+            ("GANNET_TOKEN", bystander["token"].as_str().unwrap()),
+        ];
+        cli.ok(&["apps", "create", "shop"], &me).await;
+        cli.ok(&["apps", "create", "site"], &them).await;
+        cli.ok(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                "site",
+                "--env",
+                "GREETING=site",
+            ],
+            &them,
+        )
+        .await;
+        // This one crashes the API mid-transaction.
+        let out = cli
+            .run(
+                &[
+                    "deploy",
+                    &example("hello"),
+                    "--app",
+                    "shop",
+                    "--env",
+                    "GREETING=v1",
+                ],
+                &me,
+            )
+            .await;
+        assert!(
+            !out.status.success(),
+            "{database:?}: the API should have crashed"
+        );
+        let mut api = api;
+        let exited = api.child.wait().unwrap();
+        assert!(!exited.success(), "{database:?}: {exited:?}");
+
+        // Restarted: the half-made change is gone entirely, and the gateway
+        // agrees with the API about what is live.
+        let (_api, _) = control_api_with(&data, &addr, database.as_deref(), None);
+        let versions = cli.json(&["versions", "--app", "shop"], &me).await;
+        assert_eq!(versions, serde_json::json!([]), "{database:?}");
+        assert_eq!(
+            get(&g.url, "shop-acme.localhost").await.map(|r| r.0),
+            Some(404)
+        );
+        assert_eq!(
+            get(&g.url, "site-other.localhost").await,
+            Some((200, "site, world\n".into()))
+        );
+        // Made again, it reaches the gateway.
+        cli.ok(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                "shop",
+                "--env",
+                "GREETING=v1",
+            ],
+            &me,
+        )
+        .await;
+        assert_eq!(
+            get(&g.url, "shop-acme.localhost").await,
+            Some((200, "v1, world\n".into())),
+            "{database:?}"
+        );
+        let status = cli.json(&["status", "--app", "shop"], &me).await;
+        assert_eq!(status["gateways"][0]["version"], 1, "{status:#}");
+        assert_eq!(status["gateways"][0]["current"], true, "{status:#}");
+    }
+}
+
+fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Revisions commit in order across replicas: a change whose transaction
+/// is held open on one replica is not overtaken by one committed through
+/// another, so a gateway that has seen the later revision has seen the
+/// earlier one, and applies both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_held_open_on_one_replica_is_not_overtaken_by_another() {
+    use gannet_control_api::fault::{FaultPoint, Faults};
+    use gannet_control_api::testing::{Backend, TestApi, TestDb};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+    if std::env::var("GANNET_TEST_POSTGRES_URL").is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs GANNET_TEST_POSTGRES_URL"
+        );
+        eprintln!("skipped: two replicas need Postgres");
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let armed = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let hook = {
+        let (armed, held, release) = (armed.clone(), held.clone(), release.clone());
+        Faults::with_hook(Arc::new(move |point| {
+            let (armed, held, release) = (armed.clone(), held.clone(), release.clone());
+            Box::pin(async move {
+                if point == FaultPoint::FeedWritten && armed.swap(false, Ordering::SeqCst) {
+                    held.notify_one();
+                    release.notified().await;
+                }
+            })
+        }))
+    };
+    let r1 = TestApi::start_with(&db, |c| {
+        c.operator_token = Some(OPERATOR.into());
+        c.faults = hook;
+    })
+    .await;
+    let r2 = TestApi::start_with(&db, |c| c.operator_token = Some(OPERATOR.into())).await;
+    let cli = Cli::new();
+    let op = [
+        ("GANNET_ENDPOINT", r2.url()),
+        ("GANNET_TOKEN", OPERATOR.to_string()),
+    ];
+    let op: Vec<(&str, &str)> = op.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = cli
+        .json(&["admin", "tenants", "create", "tenant-a"], &op)
+        .await;
+    let b = cli
+        .json(&["admin", "tenants", "create", "tenant-b"], &op)
+        .await;
+    cli.ok(&["admin", "pops", "create", "fra1"], &op).await;
+    let node = cli
+        .json(&["admin", "gateways", "token", "--pop", "fra1"], &op)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let g = gateway(
+        &r2.url(),
+        "fra1",
+        node["token"].as_str().unwrap(),
+        &dir.path().join("gw"),
+        &dir.path().join("cache"),
+    );
+    let (r1_url, r2_url) = (r1.url(), r2.url());
+    let a_env = vec![
+        ("GANNET_ENDPOINT".to_string(), r1_url.clone()),
+        (
+            "GANNET_TOKEN".to_string(),
+            a["token"].as_str().unwrap().to_string(),
+        ),
+    ];
+    let b_env = vec![
+        ("GANNET_ENDPOINT".to_string(), r2_url.clone()),
+        (
+            "GANNET_TOKEN".to_string(),
+            b["token"].as_str().unwrap().to_string(),
+        ),
+    ];
+    cli.ok(&["apps", "create", "one"], &as_refs(&a_env)).await;
+    cli.ok(&["apps", "create", "two"], &as_refs(&b_env)).await;
+
+    // A's deploy through replica 1 is held with its revision taken and its
+    // transaction open; B's deploy through replica 2 waits behind it.
+    armed.store(true, Ordering::SeqCst);
+    let first = held.notified();
+    let deploy = |env: Vec<(String, String)>, app: &'static str, greeting: &'static str| {
+        tokio::spawn(async move {
+            let cli = Cli::new();
+            cli.run(
+                &[
+                    "deploy",
+                    &example("hello"),
+                    "--app",
+                    app,
+                    "--env",
+                    &format!("GREETING={greeting}"),
+                    "--wait-secs",
+                    "0",
+                ],
+                &as_refs(&env),
+            )
+            .await
+        })
+    };
+    let held_deploy = deploy(a_env.clone(), "one", "a");
+    first.await;
+    let racing_deploy = deploy(b_env.clone(), "two", "b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !racing_deploy.is_finished(),
+        "a later revision committed while an earlier one was still open"
+    );
+    release.notify_one();
+    for d in [held_deploy, racing_deploy] {
+        let out = d.await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The gateway, following replica 2, applies both.
+    for (host, want) in [
+        ("one-tenant-a.localhost", "a, world\n"),
+        ("two-tenant-b.localhost", "b, world\n"),
+    ] {
+        assert!(
+            eventually(Duration::from_secs(20), async || get(&g.url, host).await
+                == Some((200, want.to_string())))
+            .await,
+            "{host} was not applied:\n{}",
+            g.proc.logs.lock().unwrap().join("\n")
+        );
+    }
+    for (env, app) in [(&a_env, "one"), (&b_env, "two")] {
+        let status = cli.json(&["status", "--app", app], &as_refs(env)).await;
+        assert_eq!(status["gateways"][0]["current"], true, "{status:#}");
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use crate::auth::TenantAuth;
+use crate::desired_state::Scope;
 use crate::error::{ApiError, on_unique};
 use crate::extract::{Json, Path};
 use axum::Router;
@@ -42,12 +43,6 @@ pub(crate) async fn create_app(
 ) -> Result<(StatusCode, axum::Json<App>), ApiError> {
     super::check_name("app", &req.name)?;
     let tenant = s.store.tenant(auth.tenant_id).await?;
-    if s.store.count_apps(auth.tenant_id).await? >= tenant.quotas.max_apps {
-        return Err(ApiError::Quota(format!(
-            "the tenant already has its quota of {} apps; delete one or ask the operator for more",
-            tenant.quotas.max_apps
-        )));
-    }
     let hostname = format!("{}-{}.{}", req.name, tenant.name, s.config.platform_domain);
     let app = s
         .store
@@ -126,10 +121,12 @@ pub(crate) async fn add_domain(
             s.config.platform_domain
         )));
     }
-    s.store
+    let revision = s
+        .store
         .add_hostname(app.id, &hostname)
         .await
         .map_err(|e| on_unique(e, || format!("hostname `{hostname}` is already in use")))?;
+    s.notifier.bump(revision, Scope::Everywhere);
     s.store
         .audit(
             Some(auth.tenant_id),
@@ -138,8 +135,6 @@ pub(crate) async fn add_domain(
             &format!("{name} {hostname}"),
         )
         .await?;
-    let revision = s.store.record_change(app.id).await?;
-    s.notifier.bump(revision);
     get_app(State(s), auth, Path(name))
         .await
         .map(|a| (StatusCode::CREATED, a))
@@ -153,11 +148,12 @@ pub(crate) async fn remove_domain(
     Path((name, hostname)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let app = app_of(&s, &auth, &name).await?;
-    if !s.store.remove_hostname(app.id, &hostname).await? {
+    let Some(revision) = s.store.remove_hostname(app.id, &hostname).await? else {
         return Err(ApiError::NotFound(format!(
             "app `{name}` has no custom hostname `{hostname}`"
         )));
-    }
+    };
+    s.notifier.bump(revision, Scope::Everywhere);
     s.store
         .audit(
             Some(auth.tenant_id),
@@ -166,7 +162,5 @@ pub(crate) async fn remove_domain(
             &format!("{name} {hostname}"),
         )
         .await?;
-    let revision = s.store.record_change(app.id).await?;
-    s.notifier.bump(revision);
     Ok(StatusCode::NO_CONTENT)
 }

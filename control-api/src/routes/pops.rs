@@ -9,6 +9,7 @@
 
 use crate::AppState;
 use crate::auth::{AdminAuth, TenantAuth, hash_token, new_token};
+use crate::desired_state::GatewayState;
 use crate::error::{ApiError, on_unique};
 use crate::extract::{Json, Path};
 use crate::routes::apps::app_of;
@@ -31,12 +32,21 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/pops", post(create_pop).get(list_pops))
         .route("/v1/admin/pops/{pop}/gateways", post(create_gateway))
+        .route("/v1/admin/gateways", get(list_gateways))
         .route("/v1/admin/gateways/{id}", delete(revoke_gateway))
         .route("/v1/pops/{pop}/state", get(state))
         .route("/v1/pops/{pop}/components/{digest}", get(component))
-        .route("/v1/pops/{pop}/ack", post(ack))
+        // A report lists every app the gateway serves: larger than the
+        // API's default body limit once a PoP serves thousands.
+        .route(
+            "/v1/pops/{pop}/ack",
+            post(ack).layer(axum::extract::DefaultBodyLimit::max(MAX_ACK_BYTES)),
+        )
         .route("/v1/apps/{app}/status", get(app_status))
 }
+
+/// Largest ACK body: reports of ~100 bytes per app, for 100 000 apps.
+const MAX_ACK_BYTES: usize = 16 << 20;
 
 /// `POST /v1/admin/pops`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -159,10 +169,21 @@ pub(crate) async fn revoke_gateway(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/admin/gateways", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "every active gateway: revision applied, apps refused and why, and why its last revision failed, if it did", body = [GatewayState]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_gateways(
+    State(s): State<AppState>,
+    _auth: AdminAuth,
+) -> Result<axum::Json<Vec<GatewayState>>, ApiError> {
+    Ok(axum::Json(s.store.gateway_states().await?))
+}
+
 /// A gateway, authenticated by its node token, for the PoP in the path.
 pub struct NodeAuth {
     /// Gateway id.
     pub gateway_id: i64,
+    /// Its PoP's id.
+    pub pop_id: i64,
     /// Its PoP.
     pub pop: String,
 }
@@ -172,22 +193,26 @@ impl FromRequestParts<AppState> for NodeAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = crate::auth::bearer(parts)?;
-        let (gateway_id, pop, revoked) = state
+        let node = state
             .store
             .gateway_by_token(&hash_token(token))
             .await?
             .ok_or(ApiError::Unauthorized("unknown node token"))?;
-        if revoked {
+        if node.revoked {
             return Err(ApiError::Unauthorized("this node token has been revoked"));
         }
         let axum::extract::Path(params) =
             axum::extract::Path::<BTreeMap<String, String>>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::Invalid(e.body_text()))?;
-        if params.get("pop") != Some(&pop) {
+        if params.get("pop") != Some(&node.pop) {
             return Err(ApiError::Forbidden("a node token reads only its own PoP"));
         }
-        Ok(NodeAuth { gateway_id, pop })
+        Ok(NodeAuth {
+            gateway_id: node.gateway_id,
+            pop_id: node.pop_id,
+            pop: node.pop,
+        })
     }
 }
 
@@ -215,15 +240,16 @@ pub(crate) async fn state(
 ) -> Result<Response, ApiError> {
     s.store.touch_gateway(node.gateway_id).await?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(60_000));
-    let mut changes = s.notifier.subscribe();
+    // Subscribed before reading, so a change committed in between wakes us.
+    let mut changes = s.notifier.subscribe(node.pop_id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if let Some(update) = s.store.state_since(q.since).await? {
+        if let Some(update) = s.store.state_since(q.since, node.pop_id).await? {
             return Ok(axum::Json(update).into_response());
         }
         tokio::select! {
             changed = changes.changed() => {
-                if changed.is_err() {
+                if !changed {
                     return Ok(StatusCode::NOT_MODIFIED.into_response());
                 }
             }
@@ -244,13 +270,7 @@ pub(crate) async fn component(
         .parse()
         .map_err(|_| ApiError::Invalid(format!("`{digest}` is not a sha256 digest")))?;
     // Only components the PoP serves.
-    let served = s
-        .store
-        .deployed_apps(None)
-        .await?
-        .iter()
-        .any(|(_, a)| a.digest == digest);
-    if !served {
+    if !s.store.is_served(&digest).await? {
         return Err(ApiError::NotFound(format!(
             "PoP `{}` serves no component {digest}",
             node.pop
@@ -292,7 +312,9 @@ pub struct GatewayAppStatus {
     pub errors: u64,
     /// Mean time to the response head there, microseconds.
     pub mean_latency_us: u64,
-    /// Why its last apply failed, if it did.
+    /// Why it refused this app's latest version, if it did; or, when it
+    /// could not apply the revision at all, that it could not (the details,
+    /// which may concern other tenants, are the operator's).
     pub last_error: Option<String>,
     /// Last contact, ms.
     pub last_seen_ms: Option<i64>,
@@ -346,7 +368,13 @@ pub(crate) async fn app_status(
                 requests: report.map_or(0, |r| r.requests),
                 errors: report.map_or(0, |r| r.errors),
                 mean_latency_us: report.map_or(0, |r| r.mean_latency_us),
-                last_error: refused.map(|f| f.error.clone()).or(g.last_error),
+                last_error: refused.map(|f| f.error.clone()).or_else(|| {
+                    (g.last_error.is_some() && g.applied_revision < revision).then(|| {
+                        format!(
+                            "the gateway could not apply revision {revision} (a fault of the gateway, not of this app; its operator has the details)"
+                        )
+                    })
+                }),
                 last_seen_ms: g.last_seen_ms,
             }
         })

@@ -8,13 +8,17 @@
 //! the limits against the tenant's ceilings → stream the body to a temporary
 //! file within the size quota → sha256 → total-bytes quota → validate with
 //! the runtime (unless this exact blob was validated before) → store the
-//! blob → create the version in one transaction.
+//! blob → create the version in one transaction (which re-checks the quota
+//! and that the blob is still stored, and feeds the change to gateways) →
+//! collect components no one holds any more.
 
 use super::apps::app_of;
 use crate::AppState;
 use crate::auth::TenantAuth;
+use crate::desired_state::Scope;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::fault::FaultPoint;
 use crate::upload;
 use axum::Router;
 use axum::body::Body;
@@ -212,27 +216,50 @@ pub(crate) async fn upload(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
 
-    let (number, orphans) = s
-        .store
-        .create_version(
-            auth.tenant_id,
-            &app,
-            &received.digest,
-            received.size,
-            &spec.env,
-            &spec.limits,
-            &spec.outbound,
-            spec.activate,
-            quotas.max_versions_per_app,
-        )
-        .await?;
-    for digest in orphans {
-        if let Ok(d) = digest.parse::<Sha256Digest>()
-            && let Err(e) = s.blobs.delete(&d).await
-        {
-            tracing::warn!(%digest, error = %e, "pruned blob not deleted");
+    s.store.faults().at(FaultPoint::UploadStored).await;
+    // The version is created only if the blob is still stored when its row
+    // is referenced; if a collection of the same component deleted it
+    // meanwhile, store it again (the upload is still on disk) and retry.
+    let mut attempts = 0;
+    let created = loop {
+        let result = s
+            .store
+            .create_version(
+                auth.tenant_id,
+                app.id,
+                &received.digest,
+                received.size,
+                &spec.env,
+                &spec.limits,
+                &spec.outbound,
+                spec.activate,
+                s.blobs.as_ref(),
+            )
+            .await;
+        match result {
+            Err(e) if e.component_collected() && attempts < 3 => {
+                attempts += 1;
+                tracing::info!(digest = %received.digest.short(), "component collected during the upload; storing it again");
+                s.blobs
+                    .put(&received.digest, &received.file)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+            Err(e) => {
+                s.store
+                    .discard_unclaimed_blob(s.blobs.as_ref(), &received.digest)
+                    .await;
+                return Err(e.into());
+            }
+            Ok(created) => break created,
         }
+    };
+    let number = created.number;
+    if let Some(r) = created.revision {
+        s.notifier.bump(r, Scope::Everywhere);
     }
+    // Old versions pruned above may have left components no one holds.
+    s.store.collect_components(s.blobs.as_ref()).await;
     s.store
         .audit(
             Some(auth.tenant_id),
@@ -241,12 +268,9 @@ pub(crate) async fn upload(
             &format!("{name}@{number}"),
         )
         .await?;
-    let revision = if spec.activate {
-        let r = s.store.record_change(app.id).await?;
-        s.notifier.bump(r);
-        r
-    } else {
-        s.store.app_revision(app.id).await?
+    let revision = match created.revision {
+        Some(r) => r,
+        None => s.store.app_revision(app.id).await?,
     };
     let app = app_of(&s, &auth, &name).await?;
     let version = s
@@ -309,11 +333,12 @@ pub(crate) async fn rollback(
                 })?
         }
     };
-    if !s.store.activate(&app, target).await? {
+    let Some(revision) = s.store.activate(&app, target).await? else {
         return Err(ApiError::NotFound(format!(
             "app `{name}` has no version {target}"
         )));
-    }
+    };
+    s.notifier.bump(revision, Scope::Everywhere);
     s.store
         .audit(
             Some(auth.tenant_id),
@@ -322,8 +347,6 @@ pub(crate) async fn rollback(
             &format!("{name}@{target}"),
         )
         .await?;
-    let revision = s.store.record_change(app.id).await?;
-    s.notifier.bump(revision);
     let apps = s.store.list_apps(auth.tenant_id).await?;
     apps.into_iter()
         .find(|a| a.name == name)

@@ -91,12 +91,47 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let routes_path = dir.path().join("routes.toml");
         std::fs::write(&routes_path, routes).unwrap();
+        let mut all: Vec<std::ffi::OsString> = vec!["--routes".into(), routes_path.into()];
+        all.extend(["--cache-dir".into(), cache_dir.into()]);
+        all.extend(args.iter().map(Into::into));
+        Self::spawn(all, dir)
+    }
+
+    /// Starts a gateway following the control API at `api_url` as a gateway
+    /// of `pop`, with its node token read from a file, its state in
+    /// `state_dir` and its compiled components in `cache_dir`.
+    pub fn follow(
+        api_url: &str,
+        pop: &str,
+        node_token: &str,
+        state_dir: &Path,
+        cache_dir: &Path,
+        args: &[&str],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("node-token");
+        std::fs::write(&token_file, format!("{node_token}\n")).unwrap();
+        let mut all: Vec<std::ffi::OsString> = vec![
+            "--control-api".into(),
+            api_url.into(),
+            "--pop".into(),
+            pop.into(),
+            "--node-token-file".into(),
+            token_file.into(),
+            "--state-dir".into(),
+            state_dir.into(),
+            "--cache-dir".into(),
+            cache_dir.into(),
+        ];
+        all.extend(args.iter().map(Into::into));
+        Self::spawn(all, dir)
+    }
+
+    /// Runs the binary on loopback port 0 with `args`, and waits until both
+    /// listeners are up.
+    fn spawn(args: Vec<std::ffi::OsString>, dir: tempfile::TempDir) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
-            .arg("--routes")
-            .arg(&routes_path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--cache-dir")
-            .arg(cache_dir)
             .args(["--pool-instances", "64", "--drain-timeout-secs", "10"])
             .args(args)
             .env("RUST_LOG", "info")

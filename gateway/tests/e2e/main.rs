@@ -1,10 +1,12 @@
 //! End-to-end tests of `gannet-gateway`: the real binary, real example
 //! components, real sockets. One test binary for the crate.
 
+mod control;
 mod harness;
 
 mod cache;
 mod guests;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod routing;

@@ -1,0 +1,526 @@
+//! Following the control API: long-poll the PoP's desired state, take each
+//! app's new version where it can — download its component by digest
+//! (verifying sha256, within the declared size), compile or load it, warm it
+//! — persist what will be served, swap the routing table, collect the
+//! components nothing needs any more, and ACK. Apply is per app: an app
+//! whose version cannot be taken keeps its previous version and is reported
+//! (NACKed) with the reason, and the rest of the revision applies. A failure
+//! that a retry may cure (a download, the disk) is retried with backoff; one
+//! that it cannot (the component does not compile, fit the pool or link) is
+//! remembered and not tried again until the app's desired version changes.
+//! If the state cannot be persisted, nothing is swapped: the gateway NACKs
+//! and keeps serving what it served, so what is on disk is never behind
+//! what is served. There is one outstanding poll per gateway.
+//!
+//! A gateway restarted while the control API is down boots from the state
+//! directory at once ([`boot_from_disk`]), app by app, and resumes polling
+//! from that revision, downloading nothing it already has.
+
+mod api;
+pub mod state_dir;
+
+use crate::config::ControlPlane;
+use crate::routes_file::AppSpec;
+use crate::{Gateway, GatewayError, cache::PrepareError};
+use api::Api;
+use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
+use gannet_model::{AppId, Sha256Digest};
+use gannet_runtime::RuntimeError;
+use serde::{Deserialize, Serialize};
+use state_dir::StateDir;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What a gateway serves, as kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    /// Its revision; -1 before anything was applied.
+    pub revision: i64,
+    /// Its apps, by `tenant/app`: what is served.
+    pub apps: BTreeMap<String, DeployedApp>,
+    /// Versions the revision asks for that could not be taken, with the
+    /// reason. Their previous version (if any) keeps serving.
+    #[serde(default)]
+    pub pending: BTreeMap<String, Pending>,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            revision: -1,
+            apps: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+/// A version a gateway could not take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PendingOnDisk")]
+pub struct Pending {
+    /// The version asked for.
+    pub app: DeployedApp,
+    /// Why it could not be taken.
+    pub error: String,
+    /// Whether trying again may succeed (a download, the disk); if not
+    /// (does not compile, fit the pool or link), only a new version will.
+    pub retry: bool,
+}
+
+/// [`Pending`] as written now, or as gateways before per-app refusals wrote
+/// it (`[app, reason]`, always retried).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PendingOnDisk {
+    Now {
+        app: DeployedApp,
+        error: String,
+        retry: bool,
+    },
+    Before(DeployedApp, String),
+}
+
+impl From<PendingOnDisk> for Pending {
+    fn from(p: PendingOnDisk) -> Pending {
+        match p {
+            PendingOnDisk::Now { app, error, retry } => Pending { app, error, retry },
+            PendingOnDisk::Before(app, error) => Pending {
+                app,
+                error,
+                retry: true,
+            },
+        }
+    }
+}
+
+/// Why a version could not be taken, or a revision applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The control API could not be reached or answered badly.
+    #[error("control API: {0}")]
+    Api(String),
+    /// A downloaded component does not hash to its digest.
+    #[error("component {expected}: downloaded bytes hash to {actual}")]
+    DigestMismatch {
+        /// Digest asked for.
+        expected: String,
+        /// Digest of what arrived.
+        actual: String,
+    },
+    /// A body was larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The component could not be compiled, loaded or linked.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// The state directory could not be read or written.
+    #[error("state directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SyncError {
+    /// Whether the same version may be taken on a later try.
+    fn retry(&self) -> bool {
+        match self {
+            SyncError::Prepare(PrepareError::Runtime(e)) => !e.is_deterministic(),
+            _ => true,
+        }
+    }
+}
+
+/// The routes-file shape of a deployed app (component from the artifacts).
+fn spec_of(dir: &StateDir, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
+    // `<app>-<tenant>` (unique: it is the platform hostname's label), or a
+    // hash of the key when that is longer than an id may be.
+    let id = format!("{}-{}", app.app, app.tenant)
+        .parse::<AppId>()
+        .unwrap_or_else(|_| AppId::hashed(&app.key()));
+    (
+        AppSpec {
+            id,
+            tenant: app.tenant.clone(),
+            hosts: app.hosts.clone(),
+            component: dir.artifact_path(&app.digest),
+            env: app.env.clone(),
+            limits: app.limits.clone(),
+            outbound: app.outbound.clone(),
+            report: Some((app.key(), app.version)),
+        },
+        app.digest,
+    )
+}
+
+fn specs_of(dir: &StateDir, applied: &Applied) -> Vec<(AppSpec, Sha256Digest)> {
+    applied.apps.values().map(|a| spec_of(dir, a)).collect()
+}
+
+/// Serves the state persisted under the state directory, if there is one,
+/// app by app: an app whose component cannot be prepared from disk is left
+/// out (and taken again once the control API answers); the others serve.
+/// Returns whether a state was found. An unreadable state is logged and
+/// ignored: the gateway then starts empty and syncs from scratch.
+pub async fn boot_from_disk(gateway: &Gateway, cp: &ControlPlane) -> Result<bool, GatewayError> {
+    let dir = StateDir::new(&cp.state_dir);
+    let applied = match dir.read_snapshot() {
+        Ok(Some(a)) => a,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "the persisted state cannot be read; starting empty, syncing from scratch");
+            return Ok(false);
+        }
+    };
+    let mut serving = Vec::new();
+    for (spec, digest) in specs_of(&dir, &applied) {
+        match gateway.prepare(&spec, digest).await {
+            Ok(()) => serving.push((spec, digest)),
+            Err(e) => {
+                tracing::error!(app = %spec.id, error = %e, "cannot serve this app from disk; it is fetched again from the control API");
+            }
+        }
+    }
+    let left_out = applied.apps.len() - serving.len();
+    gateway.install(serving);
+    gateway.state().metrics.sync_revision.set(applied.revision);
+    tracing::info!(
+        revision = applied.revision,
+        apps = applied.apps.len(),
+        left_out,
+        "serving the persisted state"
+    );
+    Ok(true)
+}
+
+/// What is served when the sync loop starts: the persisted state, less the
+/// apps [`boot_from_disk`] could not serve (pending, to be taken again).
+fn served_at_start(gateway: &Gateway, dir: &StateDir) -> Applied {
+    let mut applied = dir.read_snapshot().ok().flatten().unwrap_or_default();
+    let table = gateway.state().routes.load();
+    let in_table: HashSet<(String, u32)> = table
+        .apps()
+        .iter()
+        .filter_map(|a| a.report.clone())
+        .collect();
+    let missing: Vec<String> = applied
+        .apps
+        .iter()
+        .filter(|(key, app)| !in_table.contains(&((*key).clone(), app.version)))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in missing {
+        if let Some(app) = applied.apps.remove(&key) {
+            applied.pending.entry(key).or_insert(Pending {
+                app,
+                error: "could not be served from disk at start".into(),
+                retry: true,
+            });
+        }
+    }
+    applied
+}
+
+/// Makes `app`'s version ready to serve: its component on disk and
+/// verified (downloaded if not), then loaded or compiled and warm.
+async fn take(
+    gateway: &Gateway,
+    api: &Api,
+    dir: &StateDir,
+    app: &DeployedApp,
+) -> Result<(), SyncError> {
+    let (spec, digest) = spec_of(dir, app);
+    if !dir.has_verified(&digest).await? {
+        fetch(gateway, api, dir, app).await?;
+    }
+    match gateway.prepare(&spec, digest).await {
+        Err(PrepareError::Runtime(e)) if matches!(*e, RuntimeError::DigestMismatch { .. }) => {
+            // The file changed after it was verified: fetch it once more.
+            dir.discard(&digest);
+            fetch(gateway, api, dir, app).await?;
+            Ok(gateway.prepare(&spec, digest).await?)
+        }
+        result => Ok(result?),
+    }
+}
+
+/// Downloads `app`'s component into the state directory.
+async fn fetch(
+    gateway: &Gateway,
+    api: &Api,
+    dir: &StateDir,
+    app: &DeployedApp,
+) -> Result<(), SyncError> {
+    let ceiling = api.cp.max_body.bytes();
+    if app.size_bytes > ceiling {
+        return Err(SyncError::TooLarge(format!(
+            "component {} is {} bytes, above this gateway's --max-component-size of {ceiling}",
+            app.digest, app.size_bytes
+        )));
+    }
+    let body = api.component(&app.digest).await?;
+    let size = dir
+        .write_artifact(body, &app.digest, app.size_bytes)
+        .await?;
+    let m = &gateway.state().metrics;
+    m.sync_downloads.inc();
+    m.sync_download_bytes.inc_by(size);
+    Ok(())
+}
+
+/// What to serve for `desired`: per app, its desired version where it can
+/// be taken; otherwise the version served now (if any), with the app
+/// pending and why. One app's failure never holds back another's.
+async fn reconcile(
+    gateway: &Gateway,
+    api: &Api,
+    dir: &StateDir,
+    served: &Applied,
+    desired: &Applied,
+) -> Applied {
+    let mut next = Applied {
+        revision: desired.revision,
+        apps: BTreeMap::new(),
+        pending: BTreeMap::new(),
+    };
+    for (key, want) in &desired.apps {
+        let now = served.apps.get(key);
+        // The component is served already: only settings change.
+        if now.is_some_and(|n| n.digest == want.digest) {
+            next.apps.insert(key.clone(), want.clone());
+            continue;
+        }
+        let result = match served.pending.get(key) {
+            // Refused for a reason no retry cures: not tried again until
+            // the control API asks for another version.
+            Some(p) if p.app == *want && !p.retry => Err(p.clone()),
+            _ => take(gateway, api, dir, want).await.map_err(|e| {
+                tracing::error!(app = %key, version = want.version, error = %e, "cannot take this version; keeping the previous one");
+                Pending {
+                    app: want.clone(),
+                    error: e.to_string(),
+                    retry: e.retry(),
+                }
+            }),
+        };
+        match result {
+            Ok(()) => {
+                next.apps.insert(key.clone(), want.clone());
+            }
+            Err(pending) => {
+                if let Some(now) = now {
+                    next.apps.insert(key.clone(), now.clone());
+                }
+                next.pending.insert(key.clone(), pending);
+            }
+        }
+    }
+    next
+}
+
+/// Deletes the components no served, pending or retained version uses,
+/// from the state directory and the compile cache, and drops them from
+/// memory.
+async fn collect_garbage(gateway: &Gateway, dir: &StateDir, applied: &Applied) {
+    let keep: HashSet<Sha256Digest> = applied
+        .apps
+        .values()
+        .chain(applied.pending.values().map(|p| &p.app))
+        .flat_map(|a| std::iter::once(a.digest).chain(a.retain.iter().copied()))
+        .collect();
+    let dir = dir.clone();
+    let removed = tokio::task::spawn_blocking(move || dir.collect(&keep))
+        .await
+        .unwrap_or_default();
+    let state = gateway.state();
+    for digest in &removed {
+        state.runtime.artifacts().remove(digest);
+        state.cache.forget(digest).await;
+        state.metrics.sync_collected.inc();
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            components = removed.len(),
+            "collected components no version needs"
+        );
+    }
+}
+
+fn reports(gateway: &Gateway) -> Vec<AppReport> {
+    use std::sync::atomic::Ordering::Relaxed;
+    gateway
+        .state()
+        .routes
+        .load()
+        .apps()
+        .iter()
+        .filter_map(|a| {
+            let (key, version) = a.report.clone()?;
+            let count = a.metrics.duration.get_sample_count();
+            let mean_latency_us = if count == 0 {
+                0
+            } else {
+                (a.metrics.duration.get_sample_sum() / count as f64 * 1e6) as u64
+            };
+            Some(AppReport {
+                key,
+                version,
+                requests: a.metrics.counts.answered.load(Relaxed),
+                errors: a.metrics.counts.failed.load(Relaxed),
+                mean_latency_us,
+            })
+        })
+        .collect()
+}
+
+fn next_state(current: &Applied, update: StateUpdate) -> Applied {
+    match update {
+        StateUpdate::Snapshot { revision, apps } => Applied {
+            revision,
+            apps: apps.into_iter().map(|a| (a.key(), a)).collect(),
+            pending: BTreeMap::new(),
+        },
+        StateUpdate::Delta {
+            revision,
+            upserts,
+            removals,
+        } => {
+            let mut apps = current.apps.clone();
+            for key in removals {
+                apps.remove(&key);
+            }
+            for a in upserts {
+                apps.insert(a.key(), a);
+            }
+            Applied {
+                revision,
+                apps,
+                pending: BTreeMap::new(),
+            }
+        }
+    }
+}
+
+/// Follows the control API until `shutdown` fires.
+pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: CancellationToken) {
+    let dir = StateDir::new(&cp.state_dir);
+    let api = Api::new(cp);
+    // `served`: what the routing table serves (and is persisted).
+    // `desired`: what the control API asks for.
+    let mut served = served_at_start(&gateway, &dir);
+    let mut desired = served.clone();
+    for (key, p) in &served.pending {
+        desired.apps.insert(key.clone(), p.app.clone());
+    }
+    desired.pending.clear();
+    // A revision whose state could not be persisted, and why.
+    let mut failed: Option<(i64, String)> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // While something may succeed on a retry, poll briefly.
+        let retrying = failed.is_some() || served.pending.values().any(|p| p.retry);
+        let wait = retrying.then_some(backoff);
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = api.poll(desired.revision, wait) => r,
+        };
+        let update = match polled {
+            Ok(u) => {
+                gateway.state().metrics.sync_last_success.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                );
+                u
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "state poll failed; keeping the current state");
+                sleep_with_jitter(&mut backoff, &shutdown).await;
+                continue;
+            }
+        };
+        match update {
+            Some(update) => desired = next_state(&desired, update),
+            None if !retrying => {
+                // No change: a heartbeat with fresh figures.
+                if let Err(e) = api.ack(&ack_for(&gateway, &served, &failed)).await {
+                    tracing::debug!(error = %e, "heartbeat not delivered");
+                }
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            None => {}
+        }
+        let started = Instant::now();
+        let next = reconcile(&gateway, &api, &dir, &served, &desired).await;
+        let m = &gateway.state().metrics;
+        // Persist first: if that fails, nothing is swapped.
+        match dir.write_snapshot(&next).await {
+            Ok(()) => {
+                gateway.install(specs_of(&dir, &next));
+                m.sync_revision.set(next.revision);
+                m.sync_apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let result = if next.pending.is_empty() {
+                    "ack"
+                } else {
+                    "nack"
+                };
+                m.sync_applies.with_label_values(&[result]).inc();
+                tracing::info!(
+                    revision = next.revision,
+                    apps = next.apps.len(),
+                    pending = next.pending.len(),
+                    "applied revision"
+                );
+                collect_garbage(&gateway, &dir, &next).await;
+                served = next;
+                failed = None;
+                gateway.readiness().set_ready();
+            }
+            Err(e) => {
+                m.sync_applies.with_label_values(&["nack"]).inc();
+                tracing::error!(revision = desired.revision, error = %e, "the state cannot be persisted; keeping the last good state");
+                failed = Some((desired.revision, format!("persisting the state: {e}")));
+            }
+        }
+        if let Err(e) = api.ack(&ack_for(&gateway, &served, &failed)).await {
+            tracing::warn!(error = %e, "ack not delivered");
+        }
+        if failed.is_none() && !served.pending.values().any(|p| p.retry) {
+            backoff = Duration::from_millis(100);
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The ACK for what is served: per app, the versions refused and why; and,
+/// when a revision could not be applied at all, that failure (for the
+/// operator: it may name any tenant's app).
+fn ack_for(gateway: &Gateway, served: &Applied, failed: &Option<(i64, String)>) -> GatewayAck {
+    GatewayAck {
+        applied_revision: served.revision,
+        failed_revision: failed.as_ref().map(|f| f.0),
+        error: failed.as_ref().map(|f| f.1.clone()),
+        apps: reports(gateway),
+        failed_apps: served
+            .pending
+            .iter()
+            .map(|(key, p)| FailedApp {
+                key: key.clone(),
+                version: p.app.version,
+                error: p.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+async fn sleep_with_jitter(backoff: &mut Duration, shutdown: &CancellationToken) {
+    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+    let wait = backoff.mul_f64(jitter);
+    *backoff = (*backoff * 2).min(Duration::from_secs(10));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
