@@ -610,3 +610,39 @@ impl Store {
         row.try_get("r")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn woken(w: &mut Wakeups) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), w.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_only_the_pollers_it_is_for() {
+        let n = Notifier::new(0);
+        let mut fra = n.subscribe(1);
+        let mut ams = n.subscribe(2);
+        n.bump(1, Scope::Pop(1));
+        assert!(woken(&mut fra).await);
+        assert!(!woken(&mut ams).await, "a change for another PoP woke it");
+        n.bump(2, Scope::Everywhere);
+        assert!(woken(&mut ams).await);
+        assert!(woken(&mut fra).await);
+        // An older revision wakes nobody.
+        n.bump(1, Scope::Everywhere);
+        assert!(!woken(&mut fra).await);
+    }
+
+    #[test]
+    fn notify_payloads_round_trip() {
+        for (rev, scope) in [(7, Scope::Everywhere), (9, Scope::Pop(3))] {
+            assert_eq!(Scope::parse(&scope.payload(rev)), Some((rev, scope)));
+        }
+        assert_eq!(Scope::parse("x"), None);
+    }
+}

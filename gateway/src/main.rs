@@ -79,6 +79,11 @@ struct Args {
     /// Bytes of each memory slot kept resident between instances.
     #[arg(long, default_value = "64MiB")]
     pool_keep_resident: ByteSize,
+    /// Bytes of each async stack zeroed with memset (and kept resident)
+    /// when an instance ends; the rest is decommitted. Stacks are always
+    /// zeroed before reuse.
+    #[arg(long, default_value = "16KiB")]
+    pool_stack_keep_resident: ByteSize,
     /// Pool slots released together in one batch (fewer TLB shootdowns).
     #[arg(long, default_value_t = 16)]
     pool_decommit_batch: usize,
@@ -116,6 +121,8 @@ impl Args {
         );
         let pool = (!self.no_pool).then(|| PoolConfig {
             linear_memory_keep_resident: usize::try_from(self.pool_keep_resident.bytes())
+                .unwrap_or(usize::MAX),
+            stack_keep_resident: usize::try_from(self.pool_stack_keep_resident.bytes())
                 .unwrap_or(usize::MAX),
             decommit_batch_size: self.pool_decommit_batch.max(1),
             max_unused_warm_slots: self.pool_warm_slots,

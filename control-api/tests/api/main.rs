@@ -1,5 +1,6 @@
 //! Control API tests over real sockets, each on SQLite and on Postgres.
 
+mod feed;
 mod flows;
 mod hostile;
 mod openapi;

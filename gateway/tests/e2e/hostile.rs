@@ -417,3 +417,56 @@ async fn a_full_disk_makes_the_gateway_nack_and_keep_serving() {
     );
     assert_eq!(body(&gw, "site-other.localhost").await.1, "site2, world\n");
 }
+
+// ---------------------------------------------------------------------------
+// Threat: a tenant deploys over and over, growing every gateway's metrics
+// (memory, and the operator's time series) without bound.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaced_versions_leave_no_metric_series_behind() {
+    let p = Platform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let acme = p.tenant("acme", json!({})).await;
+    let other = p.tenant("other", json!({})).await;
+    p.app(&acme, "shop").await;
+    p.app(&other, "site").await;
+    p.deploy(&acme, "shop", example("hello"), "").await;
+    p.deploy(&other, "site", example("hello"), "").await;
+    let gw = p.gateway(&dir.path().join("state"), &dir.path().join("cache"));
+    assert!(serves(&gw, "shop-acme.localhost", "hello, world\n").await);
+    assert!(serves(&gw, "site-other.localhost", "hello, world\n").await);
+    let hello = Sha256Digest::of(&example("hello")).short();
+    let series = |text: &str, app: &str, version: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.contains(&format!("app=\"{app}\""))
+                    && l.contains(&format!("version=\"{version}\""))
+            })
+            .count()
+    };
+    let (_, text) = gw.admin_get("/metrics").await;
+    assert!(series(&text, "shop-acme", &hello) > 0, "{text}");
+
+    for (i, name) in ["echo", "env", "print"].into_iter().enumerate() {
+        p.deploy(&acme, "shop", example(name), "").await;
+        p.wait_status(&acme, "shop", Duration::from_secs(30), |s| {
+            live(s) && gateway0(s)["version"] == i + 2
+        })
+        .await;
+        assert_eq!(body(&gw, "shop-acme.localhost").await.0, 200);
+    }
+    let (_, text) = gw.admin_get("/metrics").await;
+    let print = Sha256Digest::of(&example("print")).short();
+    for old in ["hello", "echo", "env"] {
+        let v = Sha256Digest::of(&example(old)).short();
+        assert_eq!(
+            series(&text, "shop-acme", &v),
+            0,
+            "{old} left series:\n{text}"
+        );
+    }
+    assert!(series(&text, "shop-acme", &print) > 0, "{text}");
+    // The bystander's series, for the same component, stay.
+    assert!(series(&text, "site-other", &hello) > 0, "{text}");
+}

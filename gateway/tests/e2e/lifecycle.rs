@@ -54,6 +54,35 @@ fn bad_routes_at_start_exit_with_a_clear_error() {
     }
 }
 
+#[test]
+fn a_missing_or_empty_node_token_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "  \n").unwrap();
+    let cases = [
+        (
+            dir.path().join("no-such-file"),
+            "reading the node token from",
+        ),
+        (empty, "holds no node token"),
+    ];
+    for (file, want) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
+            .args(["--control-api", "http://127.0.0.1:9", "--pop", "fra1"])
+            .arg("--node-token-file")
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(want), "wanted {want:?} in:\n{stderr}");
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn probes_and_metrics() {
     let gw = Gateway::start(&app("hello", "hello", &["hello.test"], ""));
