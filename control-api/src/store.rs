@@ -605,15 +605,6 @@ impl Store {
         if !blobs.present_in(&mut tx, digest).await? {
             return Err(WriteError::BlobMissing);
         }
-        let mut revision = None;
-        if activate {
-            sqlx::query("UPDATE apps SET active_version_id = $1 WHERE id = $2")
-                .bind(version_id)
-                .bind(app_id)
-                .execute(&mut *tx)
-                .await?;
-            revision = Some(self.append_change(&mut tx, app_id).await?);
-        }
         // Prune: keep the newest `keep` versions and the active one.
         let active = if activate {
             Some(version_id)
@@ -650,6 +641,17 @@ impl Store {
         .bind(tenant_id)
         .execute(&mut *tx)
         .await?;
+        // Last: the change and its feed row, so the feed head's lock is held
+        // only for the commit.
+        let mut revision = None;
+        if activate {
+            sqlx::query("UPDATE apps SET active_version_id = $1 WHERE id = $2")
+                .bind(version_id)
+                .bind(app_id)
+                .execute(&mut *tx)
+                .await?;
+            revision = Some(self.append_change(&mut tx, app_id).await?);
+        }
         tx.commit().await?;
         Ok(NewVersion {
             number: number as u32,

@@ -130,6 +130,22 @@ fn gateway(api: &str, pop: &str, token: &str, state: &Path, cache: &Path) -> Gw 
     }
 }
 
+/// Registers PoP `fra1` as the operator `op` and starts one gateway of it,
+/// following the control API at `follow`, with its state under `dir`.
+async fn fra1_gateway(cli: &Cli, op: &[(&str, &str)], follow: &str, dir: &Path) -> Gw {
+    cli.ok(&["admin", "pops", "create", "fra1"], op).await;
+    let node = cli
+        .json(&["admin", "gateways", "token", "--pop", "fra1"], op)
+        .await;
+    gateway(
+        follow,
+        "fra1",
+        node["token"].as_str().unwrap(),
+        &dir.join("gw"),
+        &dir.join("cache"),
+    )
+}
+
 /// GET with a Host header over a new connection; (status, body).
 async fn get(url: &str, host: &str) -> Option<(u16, String)> {
     let resp = reqwest::Client::new()
@@ -570,18 +586,8 @@ async fn a_change_through_one_replica_wakes_pollers_on_another() {
     let tenant = cli
         .json(&["admin", "tenants", "create", "acme"], &op1)
         .await;
-    cli.ok(&["admin", "pops", "create", "fra1"], &op1).await;
-    let node = cli
-        .json(&["admin", "gateways", "token", "--pop", "fra1"], &op1)
-        .await;
     // The gateway follows replica 2; the tenant deploys through replica 1.
-    let g = gateway(
-        &url2,
-        "fra1",
-        node["token"].as_str().unwrap(),
-        &dir.path().join("gw"),
-        &dir.path().join("cache"),
-    );
+    let g = fra1_gateway(&cli, &op1, &url2, dir.path()).await;
     let me = [
         ("GANNET_ENDPOINT", url1.as_str()),
         ("GANNET_TOKEN", tenant["token"].as_str().unwrap()),
@@ -660,17 +666,7 @@ async fn a_crash_between_a_change_and_its_feed_row_loses_nothing() {
         let bystander = cli
             .json(&["admin", "tenants", "create", "other"], &op)
             .await;
-        cli.ok(&["admin", "pops", "create", "fra1"], &op).await;
-        let node = cli
-            .json(&["admin", "gateways", "token", "--pop", "fra1"], &op)
-            .await;
-        let g = gateway(
-            &url,
-            "fra1",
-            node["token"].as_str().unwrap(),
-            &dir.path().join("gw"),
-            &dir.path().join("cache"),
-        );
+        let g = fra1_gateway(&cli, &op, &url, dir.path()).await;
         let me = [
             ("GANNET_ENDPOINT", url.as_str()),
             ("GANNET_TOKEN", tenant["token"].as_str().unwrap()),
@@ -808,18 +804,8 @@ async fn a_change_held_open_on_one_replica_is_not_overtaken_by_another() {
     let b = cli
         .json(&["admin", "tenants", "create", "tenant-b"], &op)
         .await;
-    cli.ok(&["admin", "pops", "create", "fra1"], &op).await;
-    let node = cli
-        .json(&["admin", "gateways", "token", "--pop", "fra1"], &op)
-        .await;
     let dir = tempfile::tempdir().unwrap();
-    let g = gateway(
-        &r2.url(),
-        "fra1",
-        node["token"].as_str().unwrap(),
-        &dir.path().join("gw"),
-        &dir.path().join("cache"),
-    );
+    let g = fra1_gateway(&cli, &op, &r2.url(), dir.path()).await;
     let (r1_url, r2_url) = (r1.url(), r2.url());
     let a_env = vec![
         ("GANNET_ENDPOINT".to_string(), r1_url.clone()),

@@ -69,8 +69,20 @@ impl Platform {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let auth = format!("Bearer {token}");
         let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        self.send(token, method, path, "application/json", body)
+            .await
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
         let reply = Http::h1()
             .send(
                 self.api.addr,
@@ -79,7 +91,7 @@ impl Platform {
                 path,
                 &[
                     ("authorization", auth.as_str()),
-                    ("content-type", "application/json"),
+                    ("content-type", content_type),
                 ],
                 body,
             )
@@ -121,24 +133,9 @@ impl Platform {
         bytes: Vec<u8>,
         query: &str,
     ) -> (u16, Value) {
-        let auth = format!("Bearer {token}");
-        let reply = Http::h1()
-            .send(
-                self.api.addr,
-                "api",
-                "POST",
-                &format!("/v1/apps/{app}/versions?{query}"),
-                &[
-                    ("authorization", auth.as_str()),
-                    ("content-type", "application/wasm"),
-                ],
-                Bytes::from(bytes),
-            )
+        let path = format!("/v1/apps/{app}/versions?{query}");
+        self.send(token, "POST", &path, "application/wasm", Bytes::from(bytes))
             .await
-            .unwrap();
-        let json =
-            serde_json::from_slice(&reply.body).unwrap_or_else(|_| Value::String(reply.text()));
-        (reply.status, json)
     }
 
     /// Uploads and asserts it was accepted.
