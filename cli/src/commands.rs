@@ -499,9 +499,9 @@ async fn gateways(client: &Client, cmd: GatewaysCommand, json: bool) -> Result<(
             for g in &list {
                 println!(
                     "{:<8} {:<12} {:<9} {:<10} {:<8} {}",
-                    g["id"],
+                    g["id"].to_string(),
                     g["pop"].as_str().unwrap_or("?"),
-                    g["applied_revision"],
+                    g["applied_revision"].to_string(),
                     g["last_seen_ms"].as_i64().map_or("never".into(), when),
                     g["failed_apps"].as_array().map_or(0, Vec::len),
                     g["last_error"].as_str().unwrap_or("")

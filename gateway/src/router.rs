@@ -45,6 +45,7 @@ pub struct RouteTable {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, Arc<App>>,
     apps: Vec<Arc<App>>,
+    by_id: HashMap<AppId, Arc<App>>,
 }
 
 impl RouteTable {
@@ -58,6 +59,7 @@ impl RouteTable {
                     None => table.exact.insert(h.into_boxed_str(), app.clone()),
                 };
             }
+            table.by_id.insert(app.id.clone(), app.clone());
             table.apps.push(app);
         }
         table
@@ -86,7 +88,7 @@ impl RouteTable {
 
     /// The app with `id`, if any.
     pub fn app(&self, id: &AppId) -> Option<&Arc<App>> {
-        self.apps.iter().find(|a| &a.id == id)
+        self.by_id.get(id)
     }
 }
 

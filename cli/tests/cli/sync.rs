@@ -405,6 +405,14 @@ async fn gateways_follow_the_control_api_and_keep_serving_without_it() {
             .contains("hash to"),
         "{status}"
     );
+    // The operator sees every gateway's refusals; a tenant may not.
+    let listed = cli.ok(&["admin", "gateways", "list"], &op).await;
+    assert!(
+        listed.contains("refused acme/shop@") && listed.contains("hash to"),
+        "{listed}"
+    );
+    cli.fails(&["admin", "gateways", "list"], &me, 1, "operator token")
+        .await;
 
     // 100 apps deployed in a burst converge on every gateway.
     for i in 0..100 {
