@@ -63,57 +63,31 @@ impl AdmissionLimits {
         component_instance_size: 4 << 20,
     };
 
-    /// Whether every component `other` admits also fits these limits; the
-    /// first limit that is narrower, named, otherwise.
-    pub fn covers(&self, other: &AdmissionLimits) -> Result<(), String> {
-        let pairs: [(&str, u64, u64); 9] = [
-            (
-                "memories_per_module",
-                self.memories_per_module.into(),
-                other.memories_per_module.into(),
-            ),
-            (
-                "tables_per_module",
-                self.tables_per_module.into(),
-                other.tables_per_module.into(),
-            ),
-            (
-                "table_elements",
-                self.table_elements as u64,
-                other.table_elements as u64,
-            ),
-            (
-                "memory_size",
-                self.memory_size as u64,
-                other.memory_size as u64,
-            ),
+    /// Each limit with its name, as a number.
+    fn named(&self) -> [(&'static str, u64); 9] {
+        [
+            ("memories_per_module", self.memories_per_module.into()),
+            ("tables_per_module", self.tables_per_module.into()),
+            ("table_elements", self.table_elements as u64),
+            ("memory_size", self.memory_size as u64),
             (
                 "core_instances_per_component",
                 self.core_instances_per_component.into(),
-                other.core_instances_per_component.into(),
             ),
-            (
-                "memories_per_component",
-                self.memories_per_component.into(),
-                other.memories_per_component.into(),
-            ),
-            (
-                "tables_per_component",
-                self.tables_per_component.into(),
-                other.tables_per_component.into(),
-            ),
-            (
-                "core_instance_size",
-                self.core_instance_size as u64,
-                other.core_instance_size as u64,
-            ),
+            ("memories_per_component", self.memories_per_component.into()),
+            ("tables_per_component", self.tables_per_component.into()),
+            ("core_instance_size", self.core_instance_size as u64),
             (
                 "component_instance_size",
                 self.component_instance_size as u64,
-                other.component_instance_size as u64,
             ),
-        ];
-        for (name, mine, theirs) in pairs {
+        ]
+    }
+
+    /// Whether every component `other` admits also fits these limits; the
+    /// first limit that is narrower, named, otherwise.
+    pub fn covers(&self, other: &AdmissionLimits) -> Result<(), String> {
+        for ((name, mine), (_, theirs)) in self.named().into_iter().zip(other.named()) {
             if mine < theirs {
                 return Err(format!(
                     "{name} is {mine}, below the {theirs} the platform admits"

@@ -27,6 +27,17 @@ fn hello_with_a_huge_table() -> Vec<u8> {
     with_core_section_entry(&example("hello"), 4, &table)
 }
 
+/// Tenant `acme` (with `quotas`) and its app `shop`, at
+/// `shop-acme.localhost`; tenant `other`, the bystander, and its app
+/// `site`, at `site-other.localhost`. Returns their tokens.
+async fn shop_and_bystander(p: &Platform, quotas: serde_json::Value) -> (String, String) {
+    let acme = p.tenant("acme", quotas).await;
+    let other = p.tenant("other", json!({})).await;
+    p.app(&acme, "shop").await;
+    p.app(&other, "site").await;
+    (acme, other)
+}
+
 async fn body(gw: &Gateway, host: &str) -> (u16, String) {
     let r = Http::h1().get(gw.addr, host, "/").await;
     (r.status, r.text())
@@ -165,10 +176,7 @@ async fn an_app_that_cannot_be_served_from_disk_does_not_stop_the_gateway_bootin
     let p = Platform::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (state, cache) = (dir.path().join("state"), dir.path().join("cache"));
-    let acme = p.tenant("acme", json!({})).await;
-    let other = p.tenant("other", json!({})).await;
-    p.app(&acme, "shop").await;
-    p.app(&other, "site").await;
+    let (acme, other) = shop_and_bystander(&p, json!({})).await;
     p.deploy(&acme, "shop", example("echo"), "").await;
     p.deploy(&other, "site", example("hello"), "").await;
     let gw = p.gateway(&state, &cache);
@@ -217,10 +225,7 @@ async fn an_app_that_cannot_be_served_from_disk_does_not_stop_the_gateway_bootin
 async fn a_download_longer_than_declared_is_cut_off_and_refused() {
     let p = Platform::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let acme = p.tenant("acme", json!({})).await;
-    let other = p.tenant("other", json!({})).await;
-    p.app(&acme, "shop").await;
-    p.app(&other, "site").await;
+    let (acme, other) = shop_and_bystander(&p, json!({})).await;
     p.deploy(&other, "site", example("hello"), "").await;
     p.deploy(&acme, "shop", example("hello"), "env=GREETING%3Dv1")
         .await;
@@ -330,10 +335,7 @@ async fn a_full_disk_makes_the_gateway_nack_and_keep_serving() {
     };
     let p = Platform::start().await;
     let (state, cache) = (disk.path().join("state"), disk.path().join("cache"));
-    let acme = p.tenant("acme", json!({"max_versions_per_app": 1})).await;
-    let other = p.tenant("other", json!({})).await;
-    p.app(&acme, "shop").await;
-    p.app(&other, "site").await;
+    let (acme, other) = shop_and_bystander(&p, json!({"max_versions_per_app": 1})).await;
     p.deploy(&acme, "shop", example("hello"), "env=GREETING%3Dshop1")
         .await;
     p.deploy(&other, "site", example("hello"), "env=GREETING%3Dsite1")
@@ -426,10 +428,7 @@ async fn a_full_disk_makes_the_gateway_nack_and_keep_serving() {
 async fn replaced_versions_leave_no_metric_series_behind() {
     let p = Platform::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let acme = p.tenant("acme", json!({})).await;
-    let other = p.tenant("other", json!({})).await;
-    p.app(&acme, "shop").await;
-    p.app(&other, "site").await;
+    let (acme, other) = shop_and_bystander(&p, json!({})).await;
     p.deploy(&acme, "shop", example("hello"), "").await;
     p.deploy(&other, "site", example("hello"), "").await;
     let gw = p.gateway(&dir.path().join("state"), &dir.path().join("cache"));
