@@ -255,6 +255,12 @@ pub enum TenantsCommand {
         /// Ceiling for apps' wall-clock limit, ms.
         #[arg(long)]
         max_wall_ms: Option<u64>,
+        /// API tokens it may hold at once.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Ceiling for apps' max_inflight limit.
+        #[arg(long)]
+        max_inflight: Option<u32>,
     },
     /// List tenants.
     List,

@@ -583,6 +583,8 @@ async fn tenants(client: &Client, cmd: TenantsCommand, json: bool) -> Result<()>
             max_memory,
             max_cpu_ms,
             max_wall_ms,
+            max_tokens,
+            max_inflight,
         } => {
             let quotas = QuotaPatch {
                 max_apps,
@@ -592,6 +594,8 @@ async fn tenants(client: &Client, cmd: TenantsCommand, json: bool) -> Result<()>
                 max_memory: size(&max_memory)?,
                 max_cpu_ms,
                 max_wall_ms,
+                max_tokens,
+                max_inflight,
             };
             let created: TenantCreated = client
                 .post("/v1/admin/tenants", &CreateTenant { name, quotas })

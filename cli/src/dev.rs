@@ -78,6 +78,9 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
         platform_domain: "localhost".into(),
         operator_token: Some(operator_token.clone()),
         rate_limit_per_sec: 0.0,
+        tenant_rate_limit: 0,
+        // Compiles run in a bounded child process of this binary (`gannet`
+        // dispatches `__compile-worker` first thing in main).
         ..ApiConfig::default()
     })
     .await

@@ -15,6 +15,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `gannet dev` runs the control API in this process, which compiles
+    // uploads by starting this binary as a compile worker: that runs and
+    // exits here.
+    gannet_control_api::compile_worker::dispatch();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,8 +2,12 @@
 //!
 //! A token is `gnt_` followed by 64 hex digits of randomness; only its
 //! sha256 is stored. `Caller` resolves the bearer token (401 when missing,
-//! unknown or revoked) and applies the per-token rate limit (429);
-//! `TenantAuth` and `AdminAuth` narrow it to a role (403 otherwise).
+//! unknown or revoked) and applies the rate limits (429 with `Retry-After`):
+//! per token, in memory (a cheap first line, per replica), then, for tenant
+//! tokens, per tenant across all its tokens and every replica — a fixed
+//! window counted in the database, one statement per request
+//! ([`crate::store::Store::count_tenant_request`]). `TenantAuth` and
+//! `AdminAuth` narrow it to a role (403 otherwise).
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -87,15 +91,45 @@ impl FromRequestParts<AppState> for Caller {
         if !state.limiter.admit(row.id) {
             return Err(ApiError::RateLimited);
         }
+        let tenant_id = if row.role == "tenant" {
+            row.tenant_id
+        } else {
+            None
+        };
+        if let Some(tenant_id) = tenant_id {
+            admit_tenant(state, tenant_id).await?;
+        }
         Ok(Caller {
             token_id: row.id,
-            tenant_id: if row.role == "tenant" {
-                row.tenant_id
-            } else {
-                None
-            },
+            tenant_id,
         })
     }
+}
+
+/// Counts a request of `tenant_id` in its current window (shared by every
+/// replica) and refuses it past `tenant_rate_limit`, saying when the window
+/// ends.
+async fn admit_tenant(state: &AppState, tenant_id: i64) -> Result<(), ApiError> {
+    let limit = state.config.tenant_rate_limit;
+    if limit == 0 {
+        return Ok(());
+    }
+    let window = state.config.tenant_rate_window;
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+    let now = crate::store::now_ms();
+    let counted = state
+        .store
+        .count_tenant_request(tenant_id, now, window_ms)
+        .await?;
+    if counted.requests <= i64::try_from(limit).unwrap_or(i64::MAX) {
+        return Ok(());
+    }
+    let left_ms = counted.start_ms.saturating_add(window_ms) - now;
+    Err(ApiError::TenantRateLimited {
+        limit,
+        window_secs: window.as_secs().max(1),
+        retry_after: u64::try_from(left_ms).unwrap_or(0).div_ceil(1000).max(1),
+    })
 }
 
 impl FromRequestParts<AppState> for TenantAuth {

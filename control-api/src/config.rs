@@ -20,8 +20,18 @@ pub struct ApiConfig {
     pub rate_limit_per_sec: f64,
     /// Burst per token.
     pub rate_limit_burst: f64,
+    /// Requests per [`ApiConfig::tenant_rate_window`] per tenant, across
+    /// all its tokens and every replica (counted in the database; 0
+    /// disables the limit).
+    pub tenant_rate_limit: u64,
+    /// The fixed window of the per-tenant limit.
+    pub tenant_rate_window: Duration,
+    /// How uploads are compiled: isolation, bounds, concurrency.
+    pub compile: crate::compile::CompileConfig,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Timeouts and caps of the listener's connections.
+    pub server: gannet_server::ServerLimits,
     /// Fault points armed for tests (none by default).
     pub faults: crate::fault::Faults,
 }
@@ -35,8 +45,12 @@ impl Default for ApiConfig {
             operator_token: None,
             rate_limit_per_sec: 50.0,
             rate_limit_burst: 200.0,
+            tenant_rate_limit: 1000,
+            tenant_rate_window: Duration::from_secs(10),
+            compile: crate::compile::CompileConfig::default(),
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
             faults: crate::fault::Faults::default(),
+            server: gannet_server::ServerLimits::default(),
         }
     }
 }

@@ -14,8 +14,11 @@
 //! | `payload-too-large` | 413 |
 //! | `invalid-component` (not wasm, core module, malformed, no handler, does not compile) | 422 |
 //! | `unsupported-imports` (with `refused_imports`) | 422 |
-//! | `rate-limited` | 429 |
+//! | `compile-limit-exceeded` (compiling took longer, or more CPU time or memory, than allowed) | 422 |
+//! | `rate-limited` (per token, or per tenant across its tokens and replicas; with `Retry-After`) | 429 |
+//! | `too-many-uploads` (the tenant's uploads in progress at once; with `Retry-After`) | 429 |
 //! | `internal` | 500 |
+//! | `compiler-busy` (every compile slot and queue place taken; with `Retry-After`) | 503 |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +60,31 @@ pub enum ApiError {
     /// Too many requests for this token.
     #[error("too many requests for this token; slow down")]
     RateLimited,
+    /// Too many requests for this tenant, across all its tokens and every
+    /// replica.
+    #[error(
+        "too many requests for this tenant: at most {limit} every {window_secs} s across all its tokens; slow down"
+    )]
+    TenantRateLimited {
+        /// Requests allowed per window.
+        limit: u64,
+        /// The window, seconds.
+        window_secs: u64,
+        /// Seconds until the window ends.
+        retry_after: u64,
+    },
+    /// The tenant has as many uploads in progress as it may.
+    #[error(
+        "the tenant already has {0} uploads in progress, the most allowed at once; retry when one has finished"
+    )]
+    TooManyUploads(usize),
+    /// Every compile slot is taken and the queue is full (or the wait for a
+    /// slot ran out).
+    #[error("the platform is busy compiling other components; retry shortly")]
+    CompilerBusy,
+    /// Compiling the upload passed its time, CPU or memory bound.
+    #[error("{0}")]
+    CompileLimit(String),
     /// Anything else.
     #[error("internal error")]
     Internal(String),
@@ -95,16 +123,43 @@ impl ApiError {
                 "invalid-component",
                 "Invalid component",
             ),
-            ApiError::RateLimited => (
+            ApiError::RateLimited | ApiError::TenantRateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Rate limited",
+            ),
+            ApiError::TooManyUploads(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-uploads",
+                "Too many uploads",
+            ),
+            ApiError::CompilerBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "compiler-busy",
+                "Compiler busy",
+            ),
+            ApiError::CompileLimit(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile-limit-exceeded",
+                "Compile limit exceeded",
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
             ),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for refusals that
+    /// pass with time (sent as `Retry-After`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited => Some(1),
+            ApiError::TenantRateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            ApiError::TooManyUploads(_) => Some(2),
+            ApiError::CompilerBusy => Some(5),
+            _ => None,
         }
     }
 
@@ -161,9 +216,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if matches!(self, ApiError::RateLimited) {
+        if let Some(secs) = self.retry_after() {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -5,7 +5,10 @@
 //! - [`blob`]: component bytes, in a local directory or in the database;
 //! - [`upload`]: the streaming upload pipeline (quota → sha256 → validate →
 //!   blob → version);
-//! - [`auth`]: tokens and the `TenantAuth`/`AdminAuth` extractors;
+//! - [`compile`]: validating uploads under bounds — admission
+//!   ([`compile_gate`]) and a child process per compile ([`compile_worker`]);
+//! - [`auth`]: tokens, the `TenantAuth`/`AdminAuth` extractors and the rate
+//!   limits (per token in memory, per tenant in the database);
 //! - [`error`]: `ApiError` → `application/problem+json`;
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //!
@@ -13,6 +16,9 @@
 
 pub mod auth;
 pub mod blob;
+pub mod compile;
+pub mod compile_gate;
+pub mod compile_worker;
 pub mod config;
 pub mod desired_state;
 pub mod error;
@@ -31,7 +37,6 @@ use crate::blob::{BlobStore, DbBlobs, LocalBlobs};
 use crate::store::{Dialect, Store};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use gannet_runtime::{EngineConfig, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -45,8 +50,9 @@ pub struct AppState {
     pub store: Store,
     /// Component bytes.
     pub blobs: Arc<dyn BlobStore>,
-    /// Validates uploads with the platform's engine and linker.
-    pub runtime: Arc<Runtime>,
+    /// Validates uploads with the platform's engine and linker, bounded
+    /// (see [`compile`]).
+    pub compiler: Arc<compile::Compiler>,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// Per-token rate limit.
@@ -67,9 +73,10 @@ pub struct Built {
 }
 
 impl AppState {
-    /// Connects and migrates the database, opens the blob store, builds the
-    /// validation runtime, and makes sure an operator token exists (taking
-    /// `config.operator_token` or creating one).
+    /// Connects and migrates the database, opens the blob store, sets up
+    /// the compiler (probing its worker executable, or building the
+    /// in-process validation runtime), and makes sure an operator token
+    /// exists (taking `config.operator_token` or creating one).
     pub async fn build(config: ApiConfig) -> anyhow::Result<Built> {
         let store = Store::connect(&config.database_url)
             .await?
@@ -79,13 +86,7 @@ impl AppState {
             Dialect::Sqlite => Arc::new(LocalBlobs::open(&config.data_dir.join("blobs"))?),
         };
         std::fs::create_dir_all(config.data_dir.join("tmp"))?;
-        // Validate on an engine whose pool has the gateways' admission
-        // limits (and one slot), so an accepted component loads everywhere.
-        let runtime_config = RuntimeConfig {
-            engine: EngineConfig::validation(),
-            cache_dir: config.data_dir.join("cache"),
-        };
-        let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config)).await??;
+        let compiler = compile::Compiler::new(&config.compile, &config.data_dir).await?;
         let mut bootstrap_token = None;
         match &config.operator_token {
             Some(token) => {
@@ -121,7 +122,7 @@ impl AppState {
             state: AppState {
                 store,
                 blobs,
-                runtime: Arc::new(runtime),
+                compiler: Arc::new(compiler),
                 config: Arc::new(config),
                 limiter,
                 notifier,
@@ -168,19 +169,29 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` fires.
+/// Serves `app(state)` on `listener` with gannet-server's accept loop,
+/// within `state.config.server`'s connection limits, until `shutdown`
+/// fires; then ends the gateways' long-polls and drains. Accept errors are
+/// retried, never returned.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let polls = state.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
+    let limits = state.config.server.clone();
+    let service = hyper_util::service::TowerToHyperService::new(app(state));
+    let end_polls = {
+        let shutdown = shutdown.clone();
+        async move {
             shutdown.cancelled().await;
             polls.cancel();
-        })
-        .await
+        }
+    };
+    let stats = gannet_server::ServerStats::new();
+    let serving = gannet_server::serve(listener, service, limits, stats, shutdown);
+    tokio::join!(serving, end_polls);
+    Ok(())
 }
 
 /// Default request timeout (uploads of large components compile here).

@@ -5,9 +5,13 @@
 
 use anyhow::Context;
 use clap::Parser;
+use gannet_control_api::compile::{CompileConfig, CompileIsolation};
+use gannet_control_api::compile_worker::WorkerLimits;
 use gannet_control_api::{ApiConfig, AppState, serve};
+use gannet_model::ByteSize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -36,10 +40,52 @@ struct Args {
     /// Burst of API requests per token.
     #[arg(long, default_value_t = 200.0)]
     rate_burst: f64,
+    /// API requests per tenant per --tenant-rate-window, across all its
+    /// tokens and every replica (0: unlimited).
+    #[arg(long, default_value_t = 1000)]
+    tenant_rate_limit: u64,
+    /// The per-tenant limit's window, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tenant_rate_window: u64,
+    /// Uploads compiling at once (default: the number of CPUs).
+    #[arg(long)]
+    max_concurrent_compiles: Option<usize>,
+    /// Uploads waiting for a compile slot at once; past that 503 (default: 4 × --max-concurrent-compiles).
+    #[arg(long)]
+    compile_queue: Option<usize>,
+    /// Longest wait for a compile slot, seconds; past that 503.
+    #[arg(long, default_value_t = 30)]
+    compile_queue_wait: u64,
+    /// Uploads of one tenant in progress at once; past that 429 (0: unbounded).
+    #[arg(long, default_value_t = 2)]
+    max_uploads_per_tenant: usize,
+    /// Memory (heap) of one compile, e.g. 4GiB; past it the upload gets 422.
+    #[arg(long, default_value = "4GiB")]
+    compile_memory: ByteSize,
+    /// CPU time of one compile, seconds; past it the upload gets 422.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    compile_cpu_secs: u64,
+    /// Wall-clock time of one compile, seconds; past it the upload gets 422.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
+    compile_timeout_secs: u64,
+    /// Compile in this process instead of a bounded child process (no time
+    /// or memory bound; not for production).
+    #[arg(long)]
+    compile_in_process: bool,
+    /// The listener's connection timeouts and caps.
+    #[command(flatten)]
+    server: gannet_server::ServerArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    // A compile worker (this binary started by itself) runs and exits here,
+    // before any runtime or thread starts.
+    gannet_control_api::compile_worker::dispatch();
+    serve_main()
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve_main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,7 +120,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         operator_token: args.operator_token.clone(),
         rate_limit_per_sec: args.rate_limit,
         rate_limit_burst: args.rate_burst,
+        tenant_rate_limit: args.tenant_rate_limit,
+        tenant_rate_window: Duration::from_secs(args.tenant_rate_window),
+        compile: compile_config(&args)?,
         faults: gannet_control_api::fault::Faults::from_env().map_err(anyhow::Error::msg)?,
+        server: args.server.limits(),
         ..ApiConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -100,4 +150,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     serve(listener, built.state, shutdown).await?;
     Ok(())
+}
+
+/// The compile settings from the flags: a bounded child process of this
+/// executable unless --compile-in-process.
+fn compile_config(args: &Args) -> anyhow::Result<CompileConfig> {
+    let defaults = CompileConfig::default();
+    let isolation = if args.compile_in_process {
+        CompileIsolation::InProcess
+    } else {
+        let exe =
+            std::env::current_exe().context("finding this executable (the compile worker)")?;
+        CompileIsolation::ChildProcess(WorkerLimits {
+            memory_bytes: args.compile_memory.bytes(),
+            cpu: Duration::from_secs(args.compile_cpu_secs),
+            wall: Duration::from_secs(args.compile_timeout_secs),
+            ..WorkerLimits::new(exe)
+        })
+    };
+    let max_concurrent = args
+        .max_concurrent_compiles
+        .unwrap_or(defaults.max_concurrent)
+        .max(1);
+    Ok(CompileConfig {
+        isolation,
+        max_concurrent,
+        max_queued: args.compile_queue.unwrap_or(4 * max_concurrent),
+        queue_wait: Duration::from_secs(args.compile_queue_wait),
+        per_tenant: args.max_uploads_per_tenant,
+    })
 }

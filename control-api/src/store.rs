@@ -5,7 +5,7 @@
 //! `sqlx::Error::Database` for the caller to map to 409.
 //!
 //! Every write that has a rule to keep is one transaction that keeps it:
-//! - a quota (apps, stored bytes) is checked inside the transaction that
+//! - a quota (apps, stored bytes, tokens) is checked inside the transaction that
 //!   would pass it, after locking the tenant's row, so parallel requests
 //!   cannot each see room for one more;
 //! - a change to what gateways serve appends its feed row in the same
@@ -110,6 +110,15 @@ pub struct TokenRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// A tenant's request window, as [`Store::count_tenant_request`] left it.
+#[derive(Debug, Clone, Copy)]
+pub struct RateWindow {
+    /// When the window started, ms since the Unix epoch.
+    pub start_ms: i64,
+    /// Requests counted in it, this one included.
+    pub requests: i64,
+}
+
 /// An app row.
 #[derive(Debug, Clone)]
 pub struct AppRow {
@@ -133,11 +142,13 @@ fn tenant_from(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
             max_memory: ByteSize(row.try_get::<i64, _>("max_memory_bytes")? as u64),
             max_cpu_ms: row.try_get::<i64, _>("max_cpu_ms")? as u64,
             max_wall_ms: row.try_get::<i64, _>("max_wall_ms")? as u64,
+            max_tokens: row.try_get::<i64, _>("max_tokens")? as u32,
+            max_inflight: row.try_get::<i64, _>("max_inflight")? as u32,
         },
     })
 }
 
-const TENANT_COLUMNS: &str = "name, created_ms, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms";
+const TENANT_COLUMNS: &str = "name, created_ms, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms, max_tokens, max_inflight";
 
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) and migrates.
@@ -228,6 +239,73 @@ impl Store {
         row.try_get("id")
     }
 
+    /// Stores a token the tenant issued itself, in one transaction that
+    /// checks its `max_tokens` quota (active tokens only) under the tenant's
+    /// row lock, so parallel requests cannot each see room for one more.
+    /// Returns its id.
+    pub async fn insert_tenant_token(
+        &self,
+        tenant_id: i64,
+        hash: &str,
+        label: &str,
+    ) -> Result<i64, WriteError> {
+        let mut tx = self.pool.begin().await?;
+        let quotas = lock_tenant(&mut tx, tenant_id).await?.quotas;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE tenant_id = $1 AND revoked_ms IS NULL",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if row.try_get::<i64, _>("n")? >= i64::from(quotas.max_tokens) {
+            return Err(WriteError::Quota(format!(
+                "the tenant already has its quota of {} tokens; revoke one (`gannet tokens revoke ID`) or ask the operator for more",
+                quotas.max_tokens
+            )));
+        }
+        let row = sqlx::query(
+            "INSERT INTO tokens (tenant_id, role, hash, label, created_ms) VALUES ($1, 'tenant', $2, $3, $4) RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(hash)
+        .bind(label)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Counts one request of the tenant in the fixed window of `window_ms`
+    /// containing `at_ms`, in one statement shared by every replica: a
+    /// newer window restarts the count, an older one (a replica whose clock
+    /// is behind) counts in the newest. Returns the window and its count.
+    pub async fn count_tenant_request(
+        &self,
+        tenant_id: i64,
+        at_ms: i64,
+        window_ms: i64,
+    ) -> Result<RateWindow, sqlx::Error> {
+        let window_ms = window_ms.max(1);
+        let start = at_ms - at_ms.rem_euclid(window_ms);
+        let row = sqlx::query(
+            "INSERT INTO tenant_rate (tenant_id, window_start, requests) VALUES ($1, $2, 1) \
+             ON CONFLICT (tenant_id) DO UPDATE SET \
+             requests = CASE WHEN excluded.window_start > tenant_rate.window_start THEN 1 ELSE tenant_rate.requests + 1 END, \
+             window_start = CASE WHEN excluded.window_start > tenant_rate.window_start THEN excluded.window_start ELSE tenant_rate.window_start END \
+             RETURNING window_start, requests",
+        )
+        .bind(tenant_id)
+        .bind(start)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(RateWindow {
+            start_ms: row.try_get("window_start")?,
+            requests: row.try_get("requests")?,
+        })
+    }
+
     /// Whether any operator token exists.
     pub async fn has_operator_token(&self) -> Result<bool, sqlx::Error> {
         let row = sqlx::query(
@@ -305,8 +383,8 @@ impl Store {
     ) -> Result<(i64, Tenant), sqlx::Error> {
         let now = now_ms();
         let row = sqlx::query(
-            "INSERT INTO tenants (name, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            "INSERT INTO tenants (name, max_apps, max_component_bytes, max_total_bytes, max_versions_per_app, max_memory_bytes, max_cpu_ms, max_wall_ms, max_tokens, max_inflight, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(name)
         .bind(q.max_apps as i64)
@@ -316,6 +394,8 @@ impl Store {
         .bind(q.max_memory.bytes() as i64)
         .bind(q.max_cpu_ms as i64)
         .bind(q.max_wall_ms as i64)
+        .bind(i64::from(q.max_tokens))
+        .bind(i64::from(q.max_inflight))
         .bind(now)
         .fetch_one(&self.pool)
         .await?;

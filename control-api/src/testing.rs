@@ -120,6 +120,12 @@ impl TestApi {
     }
 
     /// Serves the API on `db` after `tweak` adjusts its config.
+    ///
+    /// Compiles run in-process unless `tweak` says otherwise: a test
+    /// binary cannot be started as a compile worker. This crate's own tests
+    /// set [`crate::compile::CompileIsolation::ChildProcess`] with the
+    /// `gannet-control-api` binary (`CARGO_BIN_EXE_gannet-control-api`).
+    /// Rate limits are off unless `tweak` sets them.
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ApiConfig)) -> TestApi {
         // Errors the API logs show up in the failing test's output.
         let _ = tracing_subscriber::fmt()
@@ -131,6 +137,11 @@ impl TestApi {
             data_dir: db.dir.path().join("data"),
             operator_token: Some(OPERATOR_TOKEN.into()),
             rate_limit_per_sec: 0.0,
+            tenant_rate_limit: 0,
+            compile: crate::compile::CompileConfig {
+                isolation: crate::compile::CompileIsolation::InProcess,
+                ..crate::compile::CompileConfig::default()
+            },
             ..ApiConfig::default()
         };
         tweak(&mut config);

@@ -2,7 +2,8 @@
 //! command-line arguments into it; tests build it directly.
 
 use gannet_model::{ByteSize, ResolvedLimits};
-use gannet_runtime::EngineConfig;
+use gannet_runtime::outbound::OutboundLimits;
+use gannet_runtime::{EngineConfig, Footprint};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,68 @@ pub struct ControlPlane {
 /// The default `--max-component-size`: 8× the default tenant quota (32 MiB).
 pub const DEFAULT_MAX_COMPONENT_SIZE: ByteSize = ByteSize(256 << 20);
 
+/// How the gateway is shared between tenants ([`gannet_runtime::fair`]).
+#[derive(Clone, Debug)]
+pub struct Fairness {
+    /// Guest worker threads, and so CPU turns; `None`: one per CPU this
+    /// process may run on.
+    pub guest_threads: Option<usize>,
+    /// How much lower than connection threads guest threads run (nice).
+    pub guest_nice: i32,
+    /// Percent of the pool's slots and of the memory budget that no one
+    /// tenant may take.
+    pub reserve_percent: u8,
+    /// Linear memory all instances may hold together; `None`: half the
+    /// machine's memory.
+    pub memory_budget: Option<ByteSize>,
+    /// How long a request over its app's or tenant's share is held before
+    /// its 503, so a client retrying at once cannot turn its own excess
+    /// into load on the connection threads everyone shares.
+    pub busy_hold: Duration,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            guest_threads: None,
+            guest_nice: 0,
+            reserve_percent: 25,
+            memory_budget: None,
+            busy_hold: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Fairness {
+    /// Guest worker threads to start.
+    pub fn threads(&self) -> usize {
+        self.guest_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// The memory budget in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget.map_or_else(
+            || {
+                // SAFETY: sysconf only reads system configuration values.
+                let (pages, size) = unsafe {
+                    (
+                        libc::sysconf(libc::_SC_PHYS_PAGES),
+                        libc::sysconf(libc::_SC_PAGESIZE),
+                    )
+                };
+                if pages > 0 && size > 0 {
+                    (pages as u64).saturating_mul(size as u64) / 2
+                } else {
+                    4 << 30
+                }
+            },
+            |b| b.bytes(),
+        )
+    }
+}
+
 /// Everything `Gateway::build` needs.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -47,8 +110,15 @@ pub struct GatewayConfig {
     pub cache_capacity: ByteSize,
     /// Whether guests may reach private, loopback and link-local addresses.
     pub allow_private_outbound: bool,
+    /// Caps on each instance's outbound requests.
+    pub outbound_limits: OutboundLimits,
     /// Guest output lines logged per app per second; the rest are dropped.
     pub guest_log_lines_per_second: u64,
+    /// How tenants share the gateway.
+    pub fairness: Fairness,
+    /// Timeouts and caps of the public listener's connections (its drain
+    /// timeout is `drain_timeout`).
+    pub server: gannet_server::ServerLimits,
 }
 
 impl Default for GatewayConfig {
@@ -62,7 +132,10 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(30),
             cache_capacity: ByteSize(1 << 30),
             allow_private_outbound: false,
+            outbound_limits: OutboundLimits::default(),
             guest_log_lines_per_second: 100,
+            fairness: Fairness::default(),
+            server: gannet_server::ServerLimits::default(),
         }
     }
 }
@@ -75,6 +148,23 @@ impl GatewayConfig {
             .pool
             .as_ref()
             .map_or(1000, |p| p.total_component_instances as usize)
+    }
+
+    /// The pool's core instances, memories and tables (generous bounds
+    /// when allocating on demand, where only the memory budget binds).
+    pub fn pool_footprint(&self) -> Footprint {
+        self.engine.pool.as_ref().map_or(
+            Footprint {
+                core_instances: u32::MAX,
+                memories: u32::MAX,
+                tables: u32::MAX,
+            },
+            |p| Footprint {
+                core_instances: p.total_core_instances,
+                memories: p.total_memories,
+                tables: p.total_tables,
+            },
+        )
     }
 
     /// The largest `memory` limit an app may ask for.

@@ -8,6 +8,7 @@
 //! | request headers too large | 431 | `headers-too-large` |
 //! | app at its concurrency limit | 503 + `Retry-After` | `app-busy` |
 //! | gateway out of instance slots | 503 + `Retry-After` | `gateway-busy` |
+//! | tenant at its share of the slots, rest kept for others | 503 + `Retry-After` | `tenant-busy` |
 //! | component not loadable | 503 | `artifact-unavailable` |
 //! | CPU or wall-clock limit | 504 | `cpu-limit`, `wall-limit` |
 //! | guest trap, memory limit, no response, error code | 500 | `trap`, `memory-limit`, `no-response`, `guest-error` |
@@ -34,6 +35,9 @@ pub enum Rejection {
     AppBusy,
     /// The gateway has no instance slot free.
     GatewayBusy,
+    /// The app's tenant holds its share of the gateway's instance slots and
+    /// the rest is kept for other tenants.
+    TenantBusy,
     /// The component could not be loaded or compiled.
     ArtifactUnavailable,
     /// The guest failed before sending a response.
@@ -53,9 +57,10 @@ impl Rejection {
             Rejection::UnknownHost => StatusCode::NOT_FOUND,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Rejection::AppBusy | Rejection::GatewayBusy | Rejection::ArtifactUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::AppBusy
+            | Rejection::GatewayBusy
+            | Rejection::TenantBusy
+            | Rejection::ArtifactUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Guest(GuestFailure::CpuLimit | GuestFailure::WallLimit) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -74,6 +79,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "headers-too-large",
             Rejection::AppBusy => "app-busy",
             Rejection::GatewayBusy => "gateway-busy",
+            Rejection::TenantBusy => "tenant-busy",
             Rejection::ArtifactUnavailable => "artifact-unavailable",
             Rejection::Guest(f) => f.as_str(),
             Rejection::NoResponse => "no-response",
@@ -89,6 +95,9 @@ impl Rejection {
             Rejection::HeadersTooLarge => "request headers too large\n",
             Rejection::AppBusy => "app is at its concurrency limit; retry shortly\n",
             Rejection::GatewayBusy => "gateway is at capacity; retry shortly\n",
+            Rejection::TenantBusy => {
+                "this tenant has its share of the gateway in use; retry shortly\n"
+            }
             Rejection::ArtifactUnavailable => "app is not available right now\n",
             Rejection::Guest(GuestFailure::CpuLimit) => "app exceeded its CPU time limit\n",
             Rejection::Guest(GuestFailure::WallLimit) => "app exceeded its time limit\n",
@@ -112,7 +121,10 @@ impl Rejection {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert("gannet-error", HeaderValue::from_static(self.kind()));
-        if matches!(self, Rejection::AppBusy | Rejection::GatewayBusy) {
+        if matches!(
+            self,
+            Rejection::AppBusy | Rejection::GatewayBusy | Rejection::TenantBusy
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

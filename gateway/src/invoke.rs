@@ -4,16 +4,21 @@
 //! 1. load the routing table (atomic pointer, no lock) and clone the app's
 //!    `Arc` (an atomic increment);
 //! 2. check header and declared body sizes against the app's limits;
-//! 3. take an app permit and a gateway instance slot (`try_acquire`: shed
-//!    load rather than queue);
+//! 3. take an app permit (`try_acquire`: shed load rather than queue; a
+//!    request over its app's or tenant's share is answered 503 after a
+//!    short hold);
 //! 4. get the pre-instantiated component from the memory cache (a miss
 //!    loads or compiles once, off the executor);
-//! 5. make a fresh store (allocates: the store, WASI context and env copy,
+//! 5. take the instance's footprint of the pool for its tenant (one mutex;
+//!    refused when the pool is full or the tenant has its share);
+//! 6. make a fresh store (allocates: the store, WASI context and env copy,
 //!    resource table), push the request and the response outparam into it,
 //!    and two oneshot channels;
-//! 6. spawn the guest in its own task (one task allocation), under the app's
+//! 7. spawn the guest on the guest runtime in its own task (one task
+//!    allocation), polled only while it holds a CPU turn of the fair
+//!    scheduler (a waiter allocation when it has to queue), under the app's
 //!    wall-clock limit; its CPU limit is enforced by the epoch deadline;
-//! 7. await the response head; stream its body to the client, cut if the
+//! 8. await the response head; stream its body to the client, cut if the
 //!    guest fails later.
 //!
 //! Nothing here touches the disk on a cache hit, a database or the network
@@ -22,16 +27,20 @@
 use crate::body::{GatewayBody, GuestBody, LimitedRequestBody, Outcome};
 use crate::cache::ComponentCache;
 use crate::error::Rejection;
+use crate::guests::GuestRuntime;
 use crate::metrics::Metrics;
 use crate::router::{App, RouteTable, request_host};
 use arc_swap::ArcSwap;
+use gannet_runtime::fair::Shares;
+use gannet_runtime::fair::cpu::GuestTurn;
+use gannet_runtime::fair::slots::{Slot, SlotRefusal};
 use gannet_runtime::{GuestFailure, Prepared, Runtime, host::new_store};
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -45,8 +54,12 @@ pub struct State {
     pub runtime: Arc<Runtime>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// One permit per instance the pool can hold.
-    pub instances: Arc<Semaphore>,
+    /// How tenants share the pool's slots, the guest CPU and memory.
+    pub shares: Arc<Shares>,
+    /// Where guests run, apart from connections.
+    pub guests: GuestRuntime,
+    /// How long an app-busy or tenant-busy answer is held.
+    pub busy_hold: std::time::Duration,
 }
 
 /// Answers one request. Never fails: every failure becomes a response.
@@ -79,10 +92,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<GatewayBo
     }
 
     let Ok(app_permit) = app.inflight.clone().try_acquire_owned() else {
-        return reject(state, Some(&app), Rejection::AppBusy);
-    };
-    let Ok(slot) = state.instances.clone().try_acquire_owned() else {
-        return reject(state, Some(&app), Rejection::GatewayBusy);
+        return hold_then_reject(state, &app, Rejection::AppBusy).await;
     };
 
     let prepared = match state.cache.get(app.digest, &app.component_path).await {
@@ -90,7 +100,20 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<GatewayBo
         Err(_) => return reject(state, Some(&app), Rejection::ArtifactUnavailable),
     };
 
-    let response = invoke(state, &app, prepared, req, [app_permit, slot]).await;
+    let slot = match state
+        .shares
+        .slots
+        .try_take(app.share.tenant.id, &prepared.footprint)
+    {
+        Ok(slot) => slot,
+        Err(SlotRefusal::Full) => return reject(state, Some(&app), Rejection::GatewayBusy),
+        Err(SlotRefusal::OverShare) => {
+            drop(app_permit);
+            return hold_then_reject(state, &app, Rejection::TenantBusy).await;
+        }
+    };
+
+    let response = invoke(state, &app, prepared, req, (app_permit, slot)).await;
     app.metrics.duration.observe(start.elapsed().as_secs_f64());
     response
 }
@@ -100,10 +123,14 @@ async fn invoke(
     app: &Arc<App>,
     prepared: Arc<Prepared>,
     req: Request<Incoming>,
-    permits: [OwnedSemaphorePermit; 2],
+    permits: (OwnedSemaphorePermit, Slot),
 ) -> Response<GatewayBody> {
     let limits = *app.limits();
     let mut store = new_store(state.runtime.engine(), &app.settings);
+    // Its CPU turns, shared by the task and the store's epoch callback
+    // (allocates: one Arc).
+    let turn = GuestTurn::new(&state.shares.cpu, app.share.cpu.clone());
+    store.data_mut().set_turn(turn.clone());
     let body_exceeded = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| {
         LimitedRequestBody::new(body, limits.max_request_body.bytes(), body_exceeded.clone())
@@ -124,7 +151,7 @@ async fn invoke(
 
     let (outcome_tx, outcome_rx) = oneshot::channel::<Outcome>();
     let task_app = app.clone();
-    tokio::spawn(async move {
+    let guest = async move {
         let _permits = permits;
         let app = task_app;
         app.metrics.inflight.inc();
@@ -162,7 +189,8 @@ async fn invoke(
         drop(store);
         app.metrics.inflight.dec();
         let _ = outcome_tx.send(outcome);
-    });
+    };
+    state.guests.spawn(turn.run(guest));
 
     match head_rx.await {
         Ok(Ok(resp)) => {
@@ -200,6 +228,15 @@ async fn invoke(
             reject(state, Some(app), r)
         }
     }
+}
+
+/// Answers a request over its app's or tenant's share after
+/// [`State::busy_hold`]: holding it costs a timer, while answering at once
+/// would let a client that retries at once spend the connection threads
+/// every tenant shares.
+async fn hold_then_reject(state: &State, app: &Arc<App>, r: Rejection) -> Response<GatewayBody> {
+    tokio::time::sleep(state.busy_hold).await;
+    reject(state, Some(app), r)
 }
 
 /// Counts, logs and renders a platform response.

@@ -17,6 +17,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod guests;
 pub mod invoke;
 pub mod metrics;
 pub mod router;
@@ -24,16 +25,18 @@ pub mod routes_file;
 pub mod server;
 pub mod sync;
 
-pub use config::{ControlPlane, GatewayConfig};
+pub use config::{ControlPlane, Fairness, GatewayConfig};
 
 use crate::admin::Readiness;
 use crate::cache::{ComponentCache, PrepareError};
+use crate::guests::GuestRuntime;
 use crate::invoke::State;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::router::{App, RouteTable};
 use crate::routes_file::{AppSpec, LimitBounds, RoutesError};
 use arc_swap::ArcSwap;
 use gannet_model::Sha256Digest;
+use gannet_runtime::fair::{ShareConfig, Shares};
 use gannet_runtime::guest_log::GuestLog;
 use gannet_runtime::outbound::OutboundPolicy;
 use gannet_runtime::{InstanceSettings, Runtime, RuntimeConfig, RuntimeError};
@@ -113,6 +116,21 @@ impl Gateway {
         let runtime = Arc::new(runtime);
         tracing::info!(allocator = ?runtime.allocator(), "engine ready");
         let metrics = Arc::new(Metrics::new()?);
+        let guests = GuestRuntime::start(config.fairness.threads(), config.fairness.guest_nice)?;
+        let shares = Arc::new(Shares::new(&ShareConfig {
+            cpu_turns: guests.threads(),
+            quantum: gannet_runtime::limits::EPOCH_TICK,
+            instances: u32::try_from(config.max_instances()).unwrap_or(u32::MAX),
+            pool: config.pool_footprint(),
+            reserve_percent: config.fairness.reserve_percent,
+            memory_budget: config.fairness.memory_budget(),
+        }));
+        tracing::info!(
+            guest_threads = guests.threads(),
+            memory_budget = shares.memory.limit(),
+            reserve_percent = config.fairness.reserve_percent,
+            "fair sharing ready"
+        );
         let state = Arc::new(State {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             cache: ComponentCache::new(
@@ -122,7 +140,9 @@ impl Gateway {
             ),
             runtime,
             metrics,
-            instances: Arc::new(Semaphore::new(config.max_instances())),
+            shares,
+            guests,
+            busy_hold: config.fairness.busy_hold,
         });
         let gateway = Gateway {
             config,
@@ -274,6 +294,7 @@ impl Gateway {
             Some(p) if p.version == version => p.metrics.counts.clone(),
             _ => Arc::default(),
         };
+        let share = self.state.shares.app(&spec.tenant);
         let env: Vec<(String, String)> = spec
             .env
             .iter()
@@ -292,10 +313,13 @@ impl Gateway {
                 outbound: Arc::new(OutboundPolicy {
                     allowed_hosts: spec.outbound.clone(),
                     allow_private_ips: self.config.allow_private_outbound,
+                    limits: self.config.outbound_limits,
                 }),
+                memory_account: Some(share.memory.clone()),
             },
             inflight,
             report: spec.report.clone(),
+            share,
         }
     }
 
@@ -322,13 +346,11 @@ impl Gateway {
         if let Some(cp) = self.config.control.clone() {
             tokio::spawn(sync::run(self.clone(), cp, shutdown.clone()));
         }
-        server::serve(
-            listener,
-            self.state.clone(),
-            shutdown,
-            self.config.drain_timeout,
-        )
-        .await;
+        let limits = gannet_server::ServerLimits {
+            drain_timeout: self.config.drain_timeout,
+            ..self.config.server.clone()
+        };
+        server::serve(listener, self.state.clone(), limits, shutdown).await;
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         Ok(())
     }

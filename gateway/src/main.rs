@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gannet_gateway::{ControlPlane, Gateway, GatewayConfig};
+use gannet_gateway::{ControlPlane, Fairness, Gateway, GatewayConfig};
 use gannet_model::ByteSize;
 use gannet_runtime::{EngineConfig, PoolConfig};
 use std::net::SocketAddr;
@@ -70,6 +70,16 @@ struct Args {
     /// Let guests reach private, loopback and link-local addresses.
     #[arg(long)]
     allow_private_outbound: bool,
+    /// Outbound requests one instance (one incoming request) may have in
+    /// flight at once; more are refused at once.
+    #[arg(long, default_value_t = gannet_runtime::outbound::limits::DEFAULT_MAX_CONCURRENT)]
+    outbound_max_concurrent: u32,
+    /// Outbound requests one instance may send in total.
+    #[arg(long, default_value_t = gannet_runtime::outbound::limits::DEFAULT_MAX_PER_REQUEST)]
+    outbound_max_per_request: u32,
+    /// Seconds one outbound request may take, connect to end of body.
+    #[arg(long, default_value_t = gannet_runtime::outbound::limits::DEFAULT_TIMEOUT.as_secs())]
+    outbound_timeout_secs: u64,
     /// Guest stdout/stderr lines logged per app per second.
     #[arg(long, default_value_t = 100)]
     guest_log_lines_per_second: u64,
@@ -93,6 +103,29 @@ struct Args {
     /// Allocate instances on demand instead of from a pool.
     #[arg(long)]
     no_pool: bool,
+    /// Guest worker threads (CPU turns shared fairly between tenants);
+    /// default: one per CPU this process may run on.
+    #[arg(long)]
+    guest_threads: Option<usize>,
+    /// How much lower than connection threads the guest threads run (nice;
+    /// 0 measured best with the gateway on one core).
+    #[arg(long, default_value_t = 0)]
+    guest_nice: i32,
+    /// Percent of the pool's slots and of the memory budget no one tenant
+    /// may take: kept for tenants that hold little.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=90))]
+    tenant_reserve_percent: u8,
+    /// Linear memory all instances may hold together (e.g. 8GiB);
+    /// default: half the machine's memory.
+    #[arg(long)]
+    memory_budget: Option<ByteSize>,
+    /// Milliseconds a request over its app's or tenant's share is held
+    /// before its 503 (app-busy, tenant-busy).
+    #[arg(long, default_value_t = 250)]
+    busy_hold_ms: u64,
+    /// The public listener's connection timeouts and caps.
+    #[command(flatten)]
+    server: gannet_server::ServerArgs,
     /// Load the routes file and compile every component, then exit.
     #[arg(long)]
     check: bool,
@@ -112,6 +145,21 @@ impl Args {
         let token = text.trim();
         anyhow::ensure!(!token.is_empty(), "{} holds no node token", path.display());
         Ok(Some(token.to_string()))
+    }
+
+    /// The outbound caps, each at least 1.
+    fn outbound_limits(&self) -> Result<gannet_runtime::outbound::OutboundLimits> {
+        anyhow::ensure!(
+            self.outbound_max_concurrent > 0
+                && self.outbound_max_per_request > 0
+                && self.outbound_timeout_secs > 0,
+            "--outbound-max-concurrent, --outbound-max-per-request and --outbound-timeout-secs must be at least 1"
+        );
+        Ok(gannet_runtime::outbound::OutboundLimits {
+            max_concurrent: self.outbound_max_concurrent,
+            max_per_request: self.outbound_max_per_request,
+            timeout: Duration::from_secs(self.outbound_timeout_secs),
+        })
     }
 
     fn resolve(&self) -> Result<GatewayConfig> {
@@ -151,7 +199,16 @@ impl Args {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             cache_capacity: self.cache_memory,
             allow_private_outbound: self.allow_private_outbound,
+            outbound_limits: self.outbound_limits()?,
             guest_log_lines_per_second: self.guest_log_lines_per_second,
+            fairness: Fairness {
+                guest_threads: self.guest_threads,
+                guest_nice: self.guest_nice,
+                reserve_percent: self.tenant_reserve_percent,
+                memory_budget: self.memory_budget,
+                busy_hold: Duration::from_millis(self.busy_hold_ms),
+            },
+            server: self.server.limits(),
             ..GatewayConfig::default()
         })
     }

@@ -25,6 +25,11 @@
 //! | `gannet_sync_last_success_timestamp_seconds` | gauge | |
 //! | `gannet_component_prepare_failures_total` | counter | kind (refused, remembered, transient) |
 //! | `gannet_sync_artifacts_collected_total` | counter | |
+//! | `gannet_outbound_refused_total` | counter | reason (concurrency-cap, total-cap, denied-host, denied-ip, timeout, dns-busy) |
+//! | `gannet_connections_open` | gauge | |
+//! | `gannet_connections_accepted_total`, `gannet_connections_shed_total`, `gannet_connections_refused_total` | counter | |
+//! | `gannet_connections_detect_timeouts_total`, `gannet_connections_idle_closed_total` | counter | |
+//! | `gannet_connections_header_timeouts_total`, `gannet_connections_ping_timeouts_total` | counter | |
 //!
 //! When a version stops being served, its series (and, when the app is
 //! gone, the app's) are removed, so a gateway's `/metrics` does not grow
@@ -69,6 +74,8 @@ pub struct Metrics {
     pub(crate) sync_last_success: IntGauge,
     pub(crate) prepare_failures: IntCounterVec,
     pub(crate) sync_collected: IntCounter,
+    /// The public listener's connection counters (`gannet_connections_*`).
+    pub server: gannet_server::ServerStats,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -83,6 +90,9 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
+        OutboundRefusals::register(&r)?;
+        let server = gannet_server::ServerStats::new();
+        ServerConnections::register(&r, server.clone())?;
         Ok(Metrics {
             requests: reg(
                 &r,
@@ -280,6 +290,7 @@ impl Metrics {
                     "Components deleted from the state and cache directories because no served or retained version uses them.",
                 )?,
             ),
+            server,
             registry: r,
         })
     }
@@ -309,6 +320,145 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// `gannet_outbound_refused_total{reason}`: the runtime's process-wide
+/// outbound refusal counters
+/// ([`gannet_runtime::outbound::outbound_refusals`]), copied in whenever
+/// the registry is gathered.
+struct OutboundRefusals {
+    counters: IntCounterVec,
+    /// Serialises the copy, so two scrapes cannot both add the same delta.
+    copying: std::sync::Mutex<()>,
+}
+
+impl OutboundRefusals {
+    fn register(r: &Registry) -> Result<(), prometheus::Error> {
+        let counters = IntCounterVec::new(
+            Opts::new(
+                "gannet_outbound_refused_total",
+                "Guest outbound requests refused or cut short, by reason.",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(OutboundRefusals {
+            counters,
+            copying: std::sync::Mutex::new(()),
+        }))
+    }
+}
+
+impl prometheus::core::Collector for OutboundRefusals {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        prometheus::core::Collector::desc(&self.counters)
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _copying = self
+            .copying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (reason, total) in gannet_runtime::outbound::outbound_refusals() {
+            let counter = self.counters.with_label_values(&[reason]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        prometheus::core::Collector::collect(&self.counters)
+    }
+}
+
+/// Reads one of the listener's counters.
+type ReadStat = fn(&gannet_server::ServerStats) -> u64;
+
+/// `gannet_connections_*`: the public listener's counters
+/// ([`gannet_server::ServerStats`]), copied in whenever the registry is
+/// gathered.
+struct ServerConnections {
+    stats: gannet_server::ServerStats,
+    open: IntGauge,
+    counters: Vec<(IntCounter, ReadStat)>,
+    /// Serialises the copy, so two scrapes cannot both add the same delta.
+    copying: std::sync::Mutex<()>,
+}
+
+impl ServerConnections {
+    fn register(r: &Registry, stats: gannet_server::ServerStats) -> Result<(), prometheus::Error> {
+        use gannet_server::ServerStats as S;
+        let counter = |name: &str, help: &str, read: ReadStat| {
+            IntCounter::new(name, help).map(|counter| (counter, read))
+        };
+        let counters = vec![
+            counter(
+                "gannet_connections_accepted_total",
+                "Connections accepted on the public listener (including refused ones).",
+                S::accepted,
+            )?,
+            counter(
+                "gannet_connections_shed_total",
+                "Idle connections closed to make room at the connection cap.",
+                S::shed_idle,
+            )?,
+            counter(
+                "gannet_connections_refused_total",
+                "Connections refused at the connection cap, none being idle.",
+                S::refused_at_cap,
+            )?,
+            counter(
+                "gannet_connections_detect_timeouts_total",
+                "Connections closed for not sending a request or the HTTP/2 preface in time.",
+                S::detect_timeouts,
+            )?,
+            counter(
+                "gannet_connections_idle_closed_total",
+                "Connections closed after the idle timeout with no request in flight.",
+                S::idle_closed,
+            )?,
+            counter(
+                "gannet_connections_header_timeouts_total",
+                "HTTP/1.1 connections closed by the header read timeout.",
+                S::header_timeouts,
+            )?,
+            counter(
+                "gannet_connections_ping_timeouts_total",
+                "HTTP/2 connections closed for not answering a keep-alive ping.",
+                S::ping_timeouts,
+            )?,
+        ];
+        let open = IntGauge::new(
+            "gannet_connections_open",
+            "Connections open on the public listener.",
+        )?;
+        r.register(Box::new(ServerConnections {
+            stats,
+            open,
+            counters,
+            copying: std::sync::Mutex::new(()),
+        }))
+    }
+}
+
+impl prometheus::core::Collector for ServerConnections {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = prometheus::core::Collector::desc(&self.open);
+        for (counter, _) in &self.counters {
+            descs.extend(prometheus::core::Collector::desc(counter));
+        }
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _copying = self
+            .copying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.open
+            .set(i64::try_from(self.stats.open()).unwrap_or(i64::MAX));
+        let mut families = prometheus::core::Collector::collect(&self.open);
+        for (counter, read) in &self.counters {
+            counter.inc_by(read(&self.stats).saturating_sub(counter.get()));
+            families.extend(prometheus::core::Collector::collect(counter));
+        }
+        families
     }
 }
 

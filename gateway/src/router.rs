@@ -6,6 +6,7 @@
 use crate::metrics::AppMetrics;
 use gannet_model::{AppId, ResolvedLimits, Sha256Digest};
 use gannet_runtime::InstanceSettings;
+use gannet_runtime::fair::AppShare;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct App {
     pub metrics: AppMetrics,
     /// `tenant/app` and version, for apps from the control API.
     pub report: Option<(String, u32)>,
+    /// Where its guests' CPU, slots and memory are charged.
+    pub share: AppShare,
 }
 
 impl App {

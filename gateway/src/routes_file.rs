@@ -6,7 +6,7 @@
 //! hosts = ["hello.localhost", "*.hello.test"]
 //! component = "examples/hello.wasm" # relative to this file
 //! env = { GREETING = "hi" }
-//! outbound = ["api.example.com"]    # hosts the guest may call; default none
+//! outbound = ["api.example.com", "https://pay.example.com:8443"]  # default none
 //! [app.limits]                      # every key optional; platform defaults apply
 //! memory = "64MiB"
 //! cpu_ms = 50
@@ -174,6 +174,8 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
             }
         }
         check_limits(&app.id, &app.limits, bounds).map_err(invalid)?;
+        gannet_runtime::outbound::validate_entries(&app.outbound)
+            .map_err(|e| invalid(format!("app `{}`: {e}", app.id)))?;
         let component = base.join(&app.component);
         if !component.is_file() {
             return Err(invalid(format!(
@@ -321,6 +323,10 @@ max_request_body = "10MiB"
             (
                 "[[app]]\nid = \"a\"\nhosts = []\ncomponent = \"a.wasm\"",
                 "no hosts",
+            ),
+            (
+                "[[app]]\nid = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"a.wasm\"\noutbound = [\"ftp://x.test\"]",
+                "outbound entry `ftp://x.test`",
             ),
             ("[[app]\nid = ", "expected"),
         ];

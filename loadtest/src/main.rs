@@ -6,9 +6,14 @@
 //!     cargo build --release --workspace && bash examples/build.sh
 //!     target/release/gannet-loadtest [--duration-secs 10] [--connections 32]
 //!
+//! `--noisy` runs the noisy-neighbour scenario instead ([`noisy`]): a quiet
+//! tenant alone and under another tenant's sleep and spin storms.
+//!
 //! Needs `wrk` (apt-get install wrk). `wasmtime` 48.0.8 is optional: without
 //! it the comparison is skipped with a message (install it once with
 //! `cargo install wasmtime-cli --version 48.0.8 --locked`).
+
+mod noisy;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -42,6 +47,10 @@ struct Args {
     /// Repository root (for examples/).
     #[arg(long, default_value = ".")]
     root: PathBuf,
+    /// Run the noisy-neighbour scenario (fair sharing) instead; exits
+    /// non-zero if a target is missed.
+    #[arg(long)]
+    noisy: bool,
 }
 
 struct Measured {
@@ -260,6 +269,12 @@ fn main() -> Result<()> {
         .parent()
         .context("binary directory")?
         .to_path_buf();
+    if args.noisy {
+        if !noisy::run(&bin_dir, &args.root, args.duration_secs)? {
+            bail!("the noisy-neighbour targets were missed");
+        }
+        return Ok(());
+    }
     let has_wasmtime = Command::new(&args.wasmtime)
         .arg("--version")
         .output()

@@ -24,6 +24,22 @@ pub struct Quotas {
     pub max_cpu_ms: u64,
     /// Ceiling for an app's `wall_ms` limit.
     pub max_wall_ms: u64,
+    /// API tokens the tenant may hold at once (revoked ones do not count).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Ceiling for an app's `max_inflight` limit.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u32,
+}
+
+/// [`Quotas::max_tokens`] when a peer predating it leaves it out.
+fn default_max_tokens() -> u32 {
+    Quotas::default().max_tokens
+}
+
+/// [`Quotas::max_inflight`] when a peer predating it leaves it out.
+fn default_max_inflight() -> u32 {
+    Quotas::default().max_inflight
 }
 
 impl Default for Quotas {
@@ -37,6 +53,8 @@ impl Default for Quotas {
             max_memory: ByteSize::mib(256),
             max_cpu_ms: 200,
             max_wall_ms: 60_000,
+            max_tokens: 20,
+            max_inflight: 100,
         }
     }
 }
@@ -66,6 +84,12 @@ pub struct QuotaPatch {
     /// See [`Quotas::max_wall_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wall_ms: Option<u64>,
+    /// See [`Quotas::max_tokens`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// See [`Quotas::max_inflight`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u32>,
 }
 
 impl QuotaPatch {
@@ -81,6 +105,8 @@ impl QuotaPatch {
             max_memory: self.max_memory.unwrap_or(base.max_memory),
             max_cpu_ms: self.max_cpu_ms.unwrap_or(base.max_cpu_ms),
             max_wall_ms: self.max_wall_ms.unwrap_or(base.max_wall_ms),
+            max_tokens: self.max_tokens.unwrap_or(base.max_tokens),
+            max_inflight: self.max_inflight.unwrap_or(base.max_inflight),
         }
     }
 }

@@ -213,6 +213,78 @@ pub fn check_static(bytes: &[u8], limits: &AdmissionLimits) -> Result<(), Admiss
     Ok(())
 }
 
+/// What one instance of a component takes from the pool's totals, besides
+/// its component-instance slot: core instances, linear memories and tables.
+/// Read statically from the component's bytes by [`Footprint::of`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Core instances made (modules instantiated).
+    pub core_instances: u32,
+    /// Linear memories defined by those modules.
+    pub memories: u32,
+    /// Tables defined by those modules.
+    pub tables: u32,
+}
+
+impl Footprint {
+    /// The most a platform-admitted component can take: used when a
+    /// component's own footprint cannot be read.
+    pub fn most(limits: &AdmissionLimits) -> Footprint {
+        Footprint {
+            core_instances: limits.core_instances_per_component,
+            memories: limits.memories_per_component,
+            tables: limits.tables_per_component,
+        }
+    }
+
+    /// `n` instances' worth.
+    pub fn times(&self, n: u32) -> Footprint {
+        Footprint {
+            core_instances: self.core_instances.saturating_mul(n),
+            memories: self.memories.saturating_mul(n),
+            tables: self.tables.saturating_mul(n),
+        }
+    }
+
+    /// Counts, at every nesting depth, the core instances a component
+    /// instantiates and the memories and tables its modules define,
+    /// capped by what `limits` admit per component. Every module is
+    /// counted once, as components made by the usual tools instantiate each
+    /// module once. Bytes that do not parse count as the most admitted.
+    pub fn of(bytes: &[u8], limits: &AdmissionLimits) -> Footprint {
+        let mut f = Footprint::default();
+        let mut in_module = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else {
+                return Footprint::most(limits);
+            };
+            match payload {
+                Payload::Version {
+                    encoding: Encoding::Module,
+                    ..
+                } => in_module += 1,
+                Payload::MemorySection(r) if in_module > 0 => f.memories += r.count(),
+                Payload::TableSection(r) if in_module > 0 => f.tables += r.count(),
+                Payload::InstanceSection(r) => {
+                    for instance in r {
+                        if let Ok(wasmparser::Instance::Instantiate { .. }) = instance {
+                            f.core_instances += 1;
+                        }
+                    }
+                }
+                Payload::End(_) if in_module > 0 => in_module -= 1,
+                _ => {}
+            }
+        }
+        let most = Footprint::most(limits);
+        Footprint {
+            core_instances: f.core_instances.min(most.core_instances),
+            memories: f.memories.min(most.memories),
+            tables: f.tables.min(most.tables),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +330,29 @@ mod tests {
         let e = check_static(&component_with_module("(memory 17)"), &small).unwrap_err();
         assert_eq!(e.limit, "memory_size");
         assert!(check_static(&component_with_module("(memory 16)"), &small).is_ok());
+    }
+
+    #[test]
+    fn footprint_counts_core_instances_memories_and_tables() {
+        let c = wat::parse_str(
+            "(component
+               (core module $a (memory 1) (table 1 funcref))
+               (core module $b (memory 1) (table 1 funcref) (table 1 funcref))
+               (core instance (instantiate $a))
+               (core instance (instantiate $b)))",
+        )
+        .unwrap();
+        let f = Footprint::of(&c, &AdmissionLimits::PLATFORM);
+        assert_eq!(
+            f,
+            Footprint {
+                core_instances: 2,
+                memories: 2,
+                tables: 3
+            }
+        );
+        let most = Footprint::most(&AdmissionLimits::PLATFORM);
+        assert_eq!(Footprint::of(b"not wasm", &AdmissionLimits::PLATFORM), most);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The store data of every instance, and the one place a store is made.
 
+use crate::fair::cpu::GuestTurn;
+use crate::fair::memory::MemoryAccount;
 use crate::guest_log::{GuestLog, GuestStream};
 use crate::limits::{CpuMeter, MemoryLimiter};
 use crate::outbound::{OutboundHooks, OutboundPolicy};
@@ -25,6 +27,9 @@ pub struct InstanceSettings {
     pub log: Arc<GuestLog>,
     /// Which hosts the guest may send HTTP requests to.
     pub outbound: Arc<OutboundPolicy>,
+    /// Where linear memory is charged besides the instance's own limit:
+    /// the gateway's shared budget ([`crate::fair::memory`]).
+    pub memory_account: Option<MemoryAccount>,
 }
 
 /// Per-instance host state: the only store-data type.
@@ -35,6 +40,7 @@ pub struct Host {
     hooks: OutboundHooks,
     memory: MemoryLimiter,
     cpu: CpuMeter,
+    turn: Option<Arc<GuestTurn>>,
 }
 
 impl Host {
@@ -46,6 +52,12 @@ impl Host {
     pub fn memory_in_use(&self) -> usize {
         self.memory.in_use()
     }
+    /// Runs this instance's guest code under the fair CPU scheduler: its
+    /// epoch ticks yield through `turn` ([`GuestTurn::yield_turn`]).
+    pub fn set_turn(&mut self, turn: Arc<GuestTurn>) {
+        self.turn = Some(turn);
+    }
+
     /// CPU time charged to the instance so far.
     pub fn cpu_used(&self) -> std::time::Duration {
         self.cpu.used()
@@ -92,15 +104,26 @@ pub fn new_store(engine: &Engine, settings: &InstanceSettings) -> Store<Host> {
         http: WasiHttpCtx::new(),
         table,
         hooks: OutboundHooks::new(settings.outbound.clone()),
-        memory: MemoryLimiter::new(settings.limits.memory.bytes()),
+        memory: MemoryLimiter::new(
+            settings.limits.memory.bytes(),
+            settings.memory_account.clone(),
+        ),
         cpu: CpuMeter::new(settings.limits.cpu()),
+        turn: None,
     };
     let mut store = Store::new(engine, host);
     store.limiter(|h| &mut h.memory);
     store.set_epoch_deadline(1);
+    // Every tick of guest code: charge the CPU budget, then yield. Under
+    // the fair scheduler ([`crate::fair::cpu`]) the yield hands the CPU
+    // turn on and waits for the next one; the new deadline counts from
+    // when the guest runs again.
     store.epoch_deadline_callback(|mut ctx| {
         ctx.data_mut().cpu.charge_tick()?;
-        Ok(UpdateDeadline::Yield(1))
+        Ok(match &ctx.data().turn {
+            Some(turn) => UpdateDeadline::YieldCustom(1, turn.yield_turn()),
+            None => UpdateDeadline::Yield(1),
+        })
     });
     store
 }

@@ -26,6 +26,7 @@ pub mod artifact;
 pub mod engine;
 pub mod epoch;
 pub mod error;
+pub mod fair;
 pub mod guest_log;
 pub mod host;
 pub mod limits;
@@ -33,7 +34,7 @@ pub mod linker;
 pub mod outbound;
 pub mod validate;
 
-pub use admission::AdmissionLimits;
+pub use admission::{AdmissionLimits, Footprint};
 pub use artifact::{ArtifactSource, ArtifactStore};
 pub use engine::{AllocatorKind, EngineConfig, PoolConfig};
 pub use error::{GuestFailure, RuntimeError};
@@ -60,6 +61,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
     allocator: AllocatorKind,
+    admits: AdmissionLimits,
     artifacts: ArtifactStore,
     // Dropped last: deadlines must keep firing while anything still runs.
     _ticker: epoch::EpochTicker,
@@ -74,6 +76,8 @@ pub struct Prepared {
     pub digest: Sha256Digest,
     /// Size of the precompiled artifact, for cache weighting.
     pub size_bytes: usize,
+    /// What each instance takes from the pool's totals.
+    pub footprint: Footprint,
 }
 
 impl Runtime {
@@ -93,6 +97,7 @@ impl Runtime {
             engine,
             linker,
             allocator,
+            admits: config.engine.admits(),
             artifacts,
             _ticker: ticker,
         })
@@ -140,11 +145,14 @@ impl Runtime {
     /// remembered as refused in the artifact store, and later calls return
     /// [`RuntimeError::Refused`] without compiling it again.
     ///
+    /// `source` is called to compile, and to read the component's
+    /// [`Footprint`] when the artifact comes from disk.
+    ///
     /// Blocking (file I/O, compilation): call it from `spawn_blocking`.
     pub fn prepare(
         &self,
         digest: Sha256Digest,
-        source: impl FnOnce() -> std::io::Result<Vec<u8>>,
+        source: impl Fn() -> std::io::Result<Vec<u8>>,
     ) -> Result<(Prepared, ArtifactSource), RuntimeError> {
         if let Some(reason) = self.artifacts.refusal(&digest) {
             return Err(RuntimeError::Refused(reason));
@@ -161,11 +169,20 @@ impl Runtime {
     fn load_and_link(
         &self,
         digest: Sha256Digest,
-        source: impl FnOnce() -> std::io::Result<Vec<u8>>,
+        source: impl Fn() -> std::io::Result<Vec<u8>>,
     ) -> Result<(Prepared, ArtifactSource), RuntimeError> {
-        let loaded = self
-            .artifacts
-            .load_or_compile(&self.engine, digest, source)?;
+        let mut footprint = None;
+        let loaded = self.artifacts.load_or_compile(&self.engine, digest, || {
+            let bytes = source()?;
+            footprint = Some(Footprint::of(&bytes, &self.admits));
+            Ok(bytes)
+        })?;
+        // From disk: read the component again (once per load, not per
+        // request); if it is gone, assume the most a component may take.
+        let footprint = footprint.unwrap_or_else(|| match source() {
+            Ok(bytes) => Footprint::of(&bytes, &self.admits),
+            Err(_) => Footprint::most(&self.admits),
+        });
         let instance_pre = self
             .linker
             .instantiate_pre(&loaded.component)
@@ -177,6 +194,7 @@ impl Runtime {
                 pre,
                 digest,
                 size_bytes: loaded.artifact_bytes,
+                footprint,
             },
             loaded.source,
         ))

@@ -8,11 +8,12 @@
 //! guest also yields to the executor, so a spinning guest cannot starve the
 //! other requests on its thread.
 
+use crate::fair::memory::MemoryAccount;
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 
 /// Period of the process's epoch ticker: the granularity of CPU accounting.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub const EPOCH_TICK: Duration = Duration::from_micros(250);
 
 /// Most elements one table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
@@ -27,21 +28,25 @@ pub struct CpuLimitExceeded;
 #[error("guest exceeded its wall-clock time limit")]
 pub struct WallLimitExceeded;
 
-/// Caps the total size of all linear memories of one instance.
+/// Caps the total size of all linear memories of one instance, and charges
+/// them to the gateway's shared memory budget when there is one.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     limit: usize,
     total: usize,
     exceeded: bool,
+    account: Option<MemoryAccount>,
 }
 
 impl MemoryLimiter {
-    /// A limiter allowing `limit` bytes of linear memory in total.
-    pub fn new(limit: u64) -> Self {
+    /// A limiter allowing `limit` bytes of linear memory in total, charged
+    /// to `account` as it grows.
+    pub fn new(limit: u64, account: Option<MemoryAccount>) -> Self {
         MemoryLimiter {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             total: 0,
             exceeded: false,
+            account,
         }
     }
     /// Whether a grow was refused because of the limit.
@@ -66,6 +71,14 @@ impl ResourceLimiter for MemoryLimiter {
             self.exceeded = true;
             return Ok(false);
         }
+        if let Some(account) = &self.account {
+            let more = desired.saturating_sub(current) as u64;
+            if more > 0 && !account.charge(more) {
+                // The guest sees the same failed grow as at its own limit.
+                self.exceeded = true;
+                return Ok(false);
+            }
+        }
         self.total = total;
         Ok(true)
     }
@@ -77,6 +90,14 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(account) = &self.account {
+            account.release(self.total as u64);
+        }
     }
 }
 
@@ -119,13 +140,29 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_all_memories() {
-        let mut l = MemoryLimiter::new(100);
+        let mut l = MemoryLimiter::new(100, None);
         assert!(l.memory_growing(0, 60, None).unwrap());
         assert!(l.memory_growing(0, 30, None).unwrap()); // a second memory
         assert!(!l.memory_growing(30, 50, None).unwrap()); // 60 + 50 > 100
         assert!(l.exceeded());
         assert!(l.memory_growing(60, 70, None).unwrap()); // 70 + 30 = 100
         assert_eq!(l.in_use(), 100);
+    }
+
+    #[test]
+    fn memory_is_charged_to_the_budget_and_given_back_on_drop() {
+        use crate::fair::memory::MemoryBudget;
+        let budget = MemoryBudget::new(150, 0);
+        let account = MemoryAccount::new(budget.clone(), Default::default());
+        let mut a = MemoryLimiter::new(100, Some(account.clone()));
+        let mut b = MemoryLimiter::new(100, Some(account));
+        assert!(a.memory_growing(0, 100, None).unwrap());
+        assert!(!b.memory_growing(0, 60, None).unwrap(), "over the budget");
+        assert!(b.exceeded());
+        assert!(b.memory_growing(0, 50, None).unwrap());
+        assert_eq!(budget.used(), 150);
+        drop(a);
+        assert_eq!(budget.used(), 50);
     }
 
     #[test]

@@ -1,46 +1,77 @@
-//! Outbound HTTP from guests: allowed only to hosts on the app's allowlist,
-//! and never to private, loopback or link-local addresses unless the operator
-//! allows it. The address check runs on the *resolved* IP, right before
-//! connecting, so a public name pointing at 127.0.0.1 is refused too.
+//! Outbound HTTP from guests: allowed only to hosts (and, when the entry
+//! says so, schemes and ports) on the app's allowlist, never to private,
+//! loopback or link-local addresses unless the operator allows it, and
+//! within the operator's [`OutboundLimits`]: requests in flight at once and
+//! in total per instance, and a total time per request. The address check
+//! runs on the *resolved* IP, right before connecting, so a public name
+//! pointing at 127.0.0.1 is refused too.
+//!
+//! Refusals are counted per reason for the whole process
+//! ([`outbound_refusals`]).
+//!
+//! - [`allowlist`]: entry syntax, validation and matching.
+//! - [`ip`]: which addresses are public.
+//! - [`limits`]: the per-instance caps.
+//! - [`refusals`]: the counters.
+//! - `dns`, `client`: bounded resolution and the HTTP/1.1 client.
 
-use http_body_util::BodyExt;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+pub mod allowlist;
+mod client;
+mod dns;
+pub mod ip;
+pub mod limits;
+pub mod refusals;
+
+pub use allowlist::{AllowEntry, EntryError, Scheme, validate_entries};
+pub use dns::MAX_CONCURRENT_LOOKUPS;
+pub use ip::is_public;
+pub use limits::OutboundLimits;
+pub use refusals::{Refusal, outbound_refusals};
+
+use client::{Target, WorkerFuture};
+use limits::Caps;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use wasmtime_wasi_http::io::TokioIo;
+use tokio::time::Instant;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who a guest may call.
+/// Who a guest may call, and how much.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboundPolicy {
-    /// Host patterns: `example.com`, `*.example.com` (subdomains only) or `*`.
-    /// Empty: no outbound requests at all.
+    /// Allowlist entries (see [`allowlist`]): `example.com`, `*.example.com`,
+    /// `*`, `https://example.com`, `http://example.com:8080`. Empty: no
+    /// outbound requests at all. Entries that do not parse match nothing.
     pub allowed_hosts: Vec<String>,
     /// Whether private, loopback and link-local addresses may be reached
     /// (an operator setting, for tests and private networks).
     pub allow_private_ips: bool,
+    /// Caps on each instance's outbound requests (operator settings).
+    pub limits: OutboundLimits,
 }
 
 impl OutboundPolicy {
-    /// Whether `host` matches the allowlist.
+    /// Whether a request to `host` over `scheme` on `port` matches the
+    /// allowlist.
+    pub fn allows(&self, host: &str, scheme: Scheme, port: u16) -> bool {
+        let host = allowlist::normalize_host(host);
+        self.allowed_hosts
+            .iter()
+            .any(|entry| match entry.parse::<AllowEntry>() {
+                Ok(e) => e.matches(&host, scheme, port),
+                Err(e) => {
+                    tracing::debug!(error = %e, "invalid outbound entry ignored");
+                    false
+                }
+            })
+    }
+
+    /// Whether `host` matches the allowlist on some scheme and port: entries
+    /// without a scheme, or with one on its default port.
     pub fn allows_host(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.allowed_hosts.iter().any(|pattern| {
-            let pattern = pattern.to_ascii_lowercase();
-            if pattern == "*" {
-                true
-            } else if let Some(suffix) = pattern.strip_prefix("*.") {
-                host.len() > suffix.len() + 1
-                    && host.ends_with(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-            } else {
-                host == pattern
-            }
-        })
+        [Scheme::Http, Scheme::Https]
+            .into_iter()
+            .any(|s| self.allows(host, s, s.default_port()))
     }
 
     /// Whether connecting to `ip` is allowed.
@@ -49,49 +80,50 @@ impl OutboundPolicy {
     }
 }
 
-/// Whether `ip` is a globally routable unicast address.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 shared
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)) // 198.18/15 benchmarking
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80) // link local
-        }
-    }
-}
-
-/// The wasi:http hooks of one store: outbound requests go through the policy.
+/// The wasi:http hooks of one store (one instance): outbound requests go
+/// through the policy and the instance's caps.
 pub struct OutboundHooks {
     policy: Arc<OutboundPolicy>,
+    caps: Caps,
 }
 
 impl OutboundHooks {
-    /// Hooks enforcing `policy`.
+    /// Hooks enforcing `policy`, with fresh caps.
     pub fn new(policy: Arc<OutboundPolicy>) -> Self {
-        OutboundHooks { policy }
+        let caps = Caps::new(&policy.limits);
+        OutboundHooks { policy, caps }
+    }
+
+    /// Checks the allowlist and the caps, before anything is spawned or
+    /// connected: a refused request costs nothing but its error.
+    fn admit(
+        &mut self,
+        request: &http::Request<WasiBody>,
+    ) -> Result<(Target, tokio::sync::OwnedSemaphorePermit), Error> {
+        let uri = request.uri();
+        let host = uri
+            .host()
+            .ok_or(Error::HttpRequestUriInvalid)?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let scheme = match uri.scheme_str() {
+            Some("https") => Scheme::Https,
+            Some("http") => Scheme::Http,
+            _ => return Err(Error::HttpProtocolError),
+        };
+        let port = uri.port_u16().unwrap_or(scheme.default_port());
+        if !self.policy.allows(&host, scheme, port) {
+            refusals::count(Refusal::DeniedHost);
+            tracing::debug!(%host, port, "outbound request denied by allowlist");
+            return Err(Error::HttpRequestDenied);
+        }
+        let permit = self.caps.admit().map_err(|reason| {
+            refusals::count(reason);
+            Error::ConnectionLimitReached
+        })?;
+        Ok((Target { host, scheme, port }, permit))
     }
 }
-
-type WorkerFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
@@ -101,147 +133,21 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, WorkerFuture), Error>> + Send>
     {
+        let admitted = self.admit(&request);
         let policy = self.policy.clone();
-        Box::new(async move { send(&policy, request, options).await })
-    }
-}
-
-/// The client TLS configuration (webpki roots, ring), built once.
-fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| tracing::error!(error = %e, "outbound TLS unavailable"))
-                .ok()
+        let deadline = deadline_after(policy.limits.timeout);
+        Box::new(async move {
+            let (target, permit) = admitted?;
+            client::send(&policy, target, request, options, permit, deadline).await
         })
-        .clone()
-}
-
-async fn resolve(host: &str, port: u16, policy: &OutboundPolicy) -> Result<SocketAddr, Error> {
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| Error::DnsError {
-                rcode: Some("lookup failed".into()),
-                info_code: None,
-            })?
-            .collect(),
-    };
-    if addrs.is_empty() {
-        return Err(Error::DestinationNotFound);
     }
-    addrs
-        .into_iter()
-        .find(|a| policy.allows_ip(a.ip()))
-        .ok_or(Error::DestinationIpProhibited)
 }
 
-async fn send(
-    policy: &OutboundPolicy,
-    mut request: http::Request<WasiBody>,
-    options: Option<RequestOptions>,
-) -> Result<(http::Response<WasiBody>, WorkerFuture), Error> {
-    let uri = request.uri();
-    let host = uri
-        .host()
-        .ok_or(Error::HttpRequestUriInvalid)?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    if !policy.allows_host(&host) {
-        tracing::debug!(%host, "outbound request denied by allowlist");
-        return Err(Error::HttpRequestDenied);
-    }
-    let addr = resolve(&host, port, policy).await?;
-    let connect_timeout = options
-        .and_then(|o| o.connect_timeout)
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let first_byte_timeout = options
-        .and_then(|o| o.first_byte_timeout)
-        .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(|_| Error::ConnectionRefused)?;
-
-    // Origin-form request target: the authority travels in the Host header.
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    *request.uri_mut() = http::Uri::builder()
-        .path_and_query(path)
-        .build()
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-
-    let (response, conn) = if tls {
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| Error::TlsProtocolError)?;
-        let stream = tokio::time::timeout(
-            connect_timeout,
-            tokio_rustls::TlsConnector::from(tls_config().ok_or(Error::TlsProtocolError)?)
-                .connect(name, tcp),
-        )
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(|_| Error::TlsProtocolError)?;
-        exchange(
-            TokioIo::new(stream),
-            request,
-            connect_timeout,
-            first_byte_timeout,
-        )
-        .await?
-    } else {
-        exchange(
-            TokioIo::new(tcp),
-            request,
-            connect_timeout,
-            first_byte_timeout,
-        )
-        .await?
-    };
-    Ok((response, conn))
-}
-
-async fn exchange<IO>(
-    io: IO,
-    request: http::Request<WasiBody>,
-    connect_timeout: Duration,
-    first_byte_timeout: Duration,
-) -> Result<(http::Response<WasiBody>, WorkerFuture), Error>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = tokio::time::timeout(
-        connect_timeout,
-        hyper::client::conn::http1::Builder::new().handshake::<IO, WasiBody>(io),
-    )
-    .await
-    .map_err(|_| Error::ConnectionTimeout)?
-    .map_err(Error::from)?;
-    // The connection is driven by its own task; the worker future handed to
-    // wasi:http reports how it ended.
-    let driver = tokio::spawn(conn);
-    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
-        .await
-        .map_err(|_| Error::ConnectionReadTimeout)?
-        .map_err(Error::from)?;
-    let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
-    let worker = async move {
-        match driver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from(e)),
-            Err(_) => Err(Error::ConnectionTerminated),
-        }
-    };
-    Ok((response, Box::new(worker)))
+/// `timeout` from now (a year, if that overflows).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 #[cfg(test)]
@@ -249,44 +155,88 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allowlist_patterns() {
+    fn policy_matches_host_scheme_and_port() {
         let p = OutboundPolicy {
-            allowed_hosts: vec!["api.example.com".into(), "*.cdn.net".into()],
-            allow_private_ips: false,
+            allowed_hosts: vec![
+                "api.example.com".into(),
+                "*.cdn.net".into(),
+                "https://pay.example.com".into(),
+                "http://127.0.0.1:8080".into(),
+                "ftp://broken".into(),
+            ],
+            ..OutboundPolicy::default()
         };
-        assert!(p.allows_host("api.example.com"));
-        assert!(p.allows_host("API.example.com."));
+        assert!(p.allows("API.example.com.", Scheme::Http, 1234));
+        assert!(p.allows("a.cdn.net", Scheme::Https, 443));
+        assert!(p.allows("pay.example.com", Scheme::Https, 443));
+        assert!(!p.allows("pay.example.com", Scheme::Http, 80));
+        assert!(!p.allows("pay.example.com", Scheme::Https, 8443));
+        assert!(p.allows("127.0.0.1", Scheme::Http, 8080));
+        assert!(!p.allows("127.0.0.1", Scheme::Http, 8081));
+        assert!(!p.allows("broken", Scheme::Http, 80));
+        assert!(p.allows_host("pay.example.com"));
         assert!(!p.allows_host("example.com"));
-        assert!(!p.allows_host("evil-api.example.com"));
-        assert!(p.allows_host("a.cdn.net"));
-        assert!(!p.allows_host("cdn.net"));
-        assert!(!p.allows_host("xcdn.net"));
         assert!(!OutboundPolicy::default().allows_host("anything"));
     }
 
     #[test]
-    fn private_addresses_are_refused() {
+    fn private_addresses_need_the_operator() {
         let p = OutboundPolicy::default();
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.0.1",
-            "169.254.169.254",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-            "100.64.0.1",
-        ] {
-            assert!(!p.allows_ip(ip.parse().unwrap()), "{ip} should be refused");
-        }
+        assert!(!p.allows_ip("127.0.0.1".parse().unwrap()));
+        assert!(!p.allows_ip("64:ff9b::a00:1".parse().unwrap()));
         assert!(p.allows_ip("93.184.216.34".parse().unwrap()));
         let open = OutboundPolicy {
             allow_private_ips: true,
             ..OutboundPolicy::default()
         };
         assert!(open.allows_ip("127.0.0.1".parse().unwrap()));
+    }
+
+    fn request(uri: &str) -> http::Request<WasiBody> {
+        use http_body_util::{BodyExt, Empty};
+        let body: WasiBody = Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::builder().uri(uri).body(body).unwrap()
+    }
+
+    #[test]
+    fn hooks_refuse_past_the_caps_and_off_the_allowlist() {
+        let before = outbound_refusals();
+        let policy = Arc::new(OutboundPolicy {
+            allowed_hosts: vec!["http://up.test:8080".into()],
+            allow_private_ips: false,
+            limits: OutboundLimits {
+                max_concurrent: 1,
+                max_per_request: 2,
+                timeout: Duration::from_secs(1),
+            },
+        });
+        let mut hooks = OutboundHooks::new(policy);
+        assert!(matches!(
+            hooks.admit(&request("http://up.test:9090/")),
+            Err(Error::HttpRequestDenied)
+        ));
+        assert!(matches!(
+            hooks.admit(&request("https://up.test:8080/")),
+            Err(Error::HttpRequestDenied)
+        ));
+        let (target, first) = hooks.admit(&request("http://UP.test:8080/x")).unwrap();
+        assert!(target.host.eq_ignore_ascii_case("up.test") && target.port == 8080);
+        assert!(matches!(
+            hooks.admit(&request("http://up.test:8080/")),
+            Err(Error::ConnectionLimitReached)
+        ));
+        drop(first);
+        let second = hooks.admit(&request("http://up.test:8080/"));
+        assert!(second.is_ok());
+        drop(second);
+        assert!(matches!(
+            hooks.admit(&request("http://up.test:8080/")),
+            Err(Error::ConnectionLimitReached)
+        ));
+        let after = outbound_refusals();
+        let rose = |i: usize| after[i].1 > before[i].1;
+        assert!(rose(0) && rose(1) && rose(2), "{before:?} → {after:?}");
     }
 }

@@ -58,14 +58,10 @@ pub(crate) async fn create_token(
     auth: TenantAuth,
 ) -> Result<(StatusCode, axum::Json<TokenCreated>), ApiError> {
     let token = new_token();
+    // Within the tenant's `max_tokens` quota (403 quota-exceeded past it).
     let id = s
         .store
-        .insert_token(
-            Some(auth.tenant_id),
-            "tenant",
-            &hash_token(&token),
-            "tenant-issued",
-        )
+        .insert_tenant_token(auth.tenant_id, &hash_token(&token), "tenant-issued")
         .await?;
     s.store
         .audit(

@@ -5,12 +5,13 @@
 //! the version's settings in the query string: `env=K=V` (repeatable),
 //! `memory`, `cpu_ms`, `wall_ms`, `max_inflight`, `max_request_body`,
 //! `outbound` (repeatable), `activate` (default true). The pipeline: check
-//! the limits against the tenant's ceilings → stream the body to a temporary
-//! file within the size quota → sha256 → total-bytes quota → validate with
-//! the runtime (unless this exact blob was validated before) → store the
-//! blob → create the version in one transaction (which re-checks the quota
-//! and that the blob is still stored, and feeds the change to gateways) →
-//! collect components no one holds any more.
+//! the limits against the tenant's ceilings → take one of the tenant's
+//! upload places ([`crate::compile`]) → stream the body to a temporary
+//! file within the size quota → sha256 → total-bytes quota → validate in a
+//! bounded compile worker (unless this exact blob was validated before) →
+//! store the blob → create the version in one transaction (which re-checks
+//! the quota and that the blob is still stored, and feeds the change to
+//! gateways) → collect components no one holds any more.
 
 use super::apps::app_of;
 use crate::AppState;
@@ -29,6 +30,7 @@ use axum::routing::{get, post};
 use gannet_model::api::Problem;
 use gannet_model::api::{App, Quotas, Rollback, Version};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
+use gannet_runtime::outbound::AllowEntry;
 use std::collections::BTreeMap;
 
 /// `/v1/apps/{app}/versions`, `/v1/apps/{app}/rollback`, `/v1/components/{digest}`.
@@ -60,7 +62,8 @@ pub struct UploadParams {
     max_inflight: Option<u32>,
     /// Largest request body, e.g. `10MiB`.
     max_request_body: Option<String>,
-    /// A host the app may call; repeat for more.
+    /// An allowlist entry: `host`, `*.domain`, `*`, `https://host` (port
+    /// 443 only) or `http://host:8080`; repeat for more.
     outbound: Option<Vec<String>>,
     /// Make it the live version (default true).
     activate: Option<bool>,
@@ -97,7 +100,11 @@ fn parse_spec(pairs: Vec<(String, String)>) -> Result<Spec, ApiError> {
             "cpu_ms" => spec.limits.cpu_ms = Some(v.parse().map_err(|_| bad(&k, &v))?),
             "wall_ms" => spec.limits.wall_ms = Some(v.parse().map_err(|_| bad(&k, &v))?),
             "max_inflight" => spec.limits.max_inflight = Some(v.parse().map_err(|_| bad(&k, &v))?),
-            "outbound" => spec.outbound.push(v),
+            "outbound" => {
+                v.parse::<AllowEntry>()
+                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                spec.outbound.push(v)
+            }
             "activate" => spec.activate = v.parse().map_err(|_| bad(&k, &v))?,
             _ => return Err(ApiError::Invalid(format!("unknown parameter `{k}`"))),
         }
@@ -126,6 +133,11 @@ fn check_ceilings(l: &Limits, q: &Quotas) -> Result<(), ApiError> {
     {
         return over("wall_ms", w.to_string(), q.max_wall_ms.to_string());
     }
+    if let Some(n) = l.max_inflight
+        && n > q.max_inflight
+    {
+        return over("max_inflight", n.to_string(), q.max_inflight.to_string());
+    }
     if l.cpu_ms == Some(0) || l.wall_ms == Some(0) || l.max_inflight == Some(0) {
         return Err(ApiError::Invalid("limits must be at least 1".into()));
     }
@@ -133,7 +145,7 @@ fn check_ceilings(l: &Limits, q: &Quotas) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app}/versions", tag = "versions", security(("bearer" = [])), params(("app" = String, Path), UploadParams), request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component's bytes"),
-    responses((status = 201, description = "the new version", body = Version), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "the new version", body = Version), (status = "4XX", description = "refused; see the problem document (429 with `Retry-After`: too many requests or uploads in progress)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "every compile slot and queue place is taken (`compiler-busy`); retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn upload(
     State(s): State<AppState>,
     auth: TenantAuth,
@@ -149,10 +161,14 @@ pub(crate) async fn upload(
         let spec = parse_spec(pairs)?;
         let tenant = s.store.tenant(auth.tenant_id).await?;
         check_ceilings(&spec.limits, &tenant.quotas)?;
-        Ok::<_, ApiError>((app, spec, tenant))
+        // One of the tenant's upload places, held until this upload is
+        // answered (429 past the tenant's bound; 503 when every compile
+        // slot and queue place is taken).
+        let slot = s.compiler.enter(auth.tenant_id)?;
+        Ok::<_, ApiError>((app, spec, tenant, slot))
     }
     .await;
-    let (app, spec, tenant) = match checked {
+    let (app, spec, tenant, _slot) = match checked {
         Ok(v) => v,
         Err(e) => {
             upload::discard(body, DISCARD_CAP).await;
@@ -201,15 +217,9 @@ pub(crate) async fn upload(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
     {
-        let runtime = s.runtime.clone();
-        let path = received.file.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path)?;
-            Ok::<_, std::io::Error>(runtime.validate(&bytes))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??
-        .map_err(ApiError::Component)?;
+        // Bounded: waits for a compile slot (503 if none frees up in time),
+        // and a compile past its time or memory bound is killed (422).
+        s.compiler.validate(&received.file).await?;
         s.blobs
             .put(&received.digest, &received.file)
             .await
@@ -407,6 +417,24 @@ mod tests {
         assert!(parse_spec(vec![("env".into(), "novalue".into())]).is_err());
         assert!(parse_spec(vec![("memory".into(), "lots".into())]).is_err());
         assert!(parse_spec(vec![("colour".into(), "red".into())]).is_err());
+        for good in [
+            "*.example.com",
+            "https://api.example.com:8443",
+            "http://[::1]:8080",
+        ] {
+            let s = parse_spec(vec![("outbound".into(), good.into())]).unwrap();
+            assert_eq!(s.outbound, [good]);
+        }
+        for bad in [
+            "ftp://x",
+            "https://x:99999",
+            "https://x/path",
+            "https://u@x",
+            "https://",
+        ] {
+            let err = parse_spec(vec![("outbound".into(), bad.into())]).unwrap_err();
+            assert!(err.to_string().contains(bad), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -426,5 +454,13 @@ mod tests {
             check_ceilings(&l, &q),
             Err(ApiError::LimitAboveQuota(_))
         ));
+        l.cpu_ms = Some(q.max_cpu_ms);
+        l.max_inflight = Some(q.max_inflight + 1);
+        assert!(matches!(
+            check_ceilings(&l, &q),
+            Err(ApiError::LimitAboveQuota(_))
+        ));
+        l.max_inflight = Some(q.max_inflight);
+        assert!(check_ceilings(&l, &q).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{Caller, example};
 use gannet_control_api::desired_state::{Scope, append_change};
-use gannet_control_api::testing::{TestApi, TestDb, backends};
+use gannet_control_api::testing::{TestDb, backends};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 async fn a_change_for_one_pop_reaches_only_that_pop() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let op = Caller::operator(&api.url());
         let mut nodes = Vec::new();
         for pop in ["fra1", "ams1"] {

@@ -1,7 +1,7 @@
 //! Auth, isolation, quotas, revocation, rate limits, replicas.
 
 use crate::{Caller, assert_problem, example};
-use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestApi, TestDb, backends};
+use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestDb, backends};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -9,7 +9,7 @@ use serde_json::json;
 async fn tokens_are_checked_and_revocation_is_immediate() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let op = Caller::operator(&api.url());
         let acme = op.create_tenant("acme", json!({})).await;
 
@@ -70,7 +70,7 @@ async fn tokens_are_checked_and_revocation_is_immediate() {
 async fn tenants_cannot_see_or_touch_each_others_resources() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let op = Caller::operator(&api.url());
         let a = op.create_tenant("tenant-a", json!({})).await;
         let b = op.create_tenant("tenant-b", json!({})).await;
@@ -170,7 +170,7 @@ async fn tenants_cannot_see_or_touch_each_others_resources() {
 async fn quotas_hold_at_and_over_each_limit() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let op = Caller::operator(&api.url());
         let hello = example("hello");
         let t = op
@@ -247,7 +247,7 @@ async fn quotas_hold_at_and_over_each_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_answers_429() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let api = TestApi::start_with(&db, |c| {
+    let api = crate::start_with(&db, |c| {
         c.rate_limit_per_sec = 1.0;
         c.rate_limit_burst = 3.0;
     })

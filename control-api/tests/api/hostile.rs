@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_component_over_the_admission_limits_is_refused_at_upload_naming_the_limit() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let api = TestApi::start(&db).await;
+    let api = crate::start(&db).await;
     let op = Caller::operator(&api.url());
     let evil = op.create_tenant("evil", json!({})).await;
     let bystander = op.create_tenant("bystander", json!({})).await;
@@ -88,7 +88,7 @@ async fn a_component_over_the_admission_limits_is_refused_at_upload_naming_the_l
 async fn ten_parallel_app_creations_at_19_of_20_end_at_20() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let t = Caller::operator(&api.url())
             .create_tenant("acme", json!({"max_apps": 20}))
             .await;
@@ -121,7 +121,9 @@ async fn ten_parallel_app_creations_at_19_of_20_end_at_20() {
 async fn parallel_uploads_cannot_pass_the_stored_bytes_quota() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        // Five uploads at once: this races the stored-bytes quota, not the
+        // bound on a tenant's uploads in progress.
+        let api = crate::start_with(&db, |c| c.compile.per_tenant = 5).await;
         let hello = example("hello");
         // Room for one more variant of hello (each ~hello + 1 KiB), not two.
         let quota = hello.len() * 3 / 2;
@@ -199,7 +201,7 @@ async fn an_upload_racing_the_collection_of_the_same_component_keeps_its_blob() 
     for backend in backends() {
         let db = TestDb::new(backend).await;
         let hold = HoldUpload::default();
-        let api = TestApi::start_with(&db, |c| c.faults = hold.faults()).await;
+        let api = crate::start_with(&db, |c| c.faults = hold.faults()).await;
         let op = Caller::operator(&api.url());
         let x = op
             .create_tenant("x", json!({"max_versions_per_app": 1}))
@@ -265,7 +267,7 @@ async fn an_upload_racing_the_collection_of_the_same_component_keeps_its_blob() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateways_refusal_of_another_tenants_app_is_invisible_in_my_status() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let api = TestApi::start(&db).await;
+    let api = crate::start(&db).await;
     let op = Caller::operator(&api.url());
     let a = op.create_tenant("tenant-a", json!({})).await;
     let b = op.create_tenant("tenant-b", json!({})).await;
@@ -341,5 +343,65 @@ async fn a_gateways_refusal_of_another_tenants_app_is_invisible_in_my_status() {
         403,
         "forbidden",
         "operator token",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Threat: a client sends its request head a byte at a time (slowloris) to
+// hold a connection. The header read timeout cuts it; others are served.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slowloris_request_head_is_cut_by_the_header_read_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let api = crate::start_with(&db, |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(api.addr)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    // 59 bytes: 12 s at one byte per 200 ms.
+    let head = b"GET /healthz HTTP/1.1\r\nHost: api\r\nUser-Agent: slowloris\r\n\r\n";
+    let started = Instant::now();
+    let slowloris = tokio::spawn(async move {
+        for byte in head {
+            if write.write_all(&[*byte]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    });
+
+    // Another client is served meanwhile.
+    let other = Caller::operator(&api.url()).get("/healthz").await;
+    assert_eq!(other.status, StatusCode::OK);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = read.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the slowloris connection is closed");
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "cut only after {cut_after:?}"
+    );
+    assert!(
+        answer.is_empty(),
+        "the slow request was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    slowloris.abort();
+    assert!(
+        !matches!(slowloris.await, Ok(true)),
+        "the whole head went through before the cut"
     );
 }

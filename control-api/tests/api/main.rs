@@ -1,15 +1,39 @@
 //! Control API tests over real sockets, each on SQLite and on Postgres.
 
+mod bounds;
 mod feed;
 mod flows;
 mod hostile;
 mod openapi;
 mod uploads;
 
-use gannet_control_api::testing::OPERATOR_TOKEN;
+use gannet_control_api::ApiConfig;
+use gannet_control_api::compile::CompileIsolation;
+use gannet_control_api::compile_worker::WorkerLimits;
+use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestDb};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+
+/// Compiles in child processes of the `gannet-control-api` binary (a test
+/// binary cannot be a compile worker), with the default bounds.
+pub fn worker() -> WorkerLimits {
+    WorkerLimits::new(env!("CARGO_BIN_EXE_gannet-control-api").into())
+}
+
+/// The API on `db`, compiling in bounded child processes as in production.
+pub async fn start(db: &TestDb) -> TestApi {
+    start_with(db, |_| {}).await
+}
+
+/// [`start`] after `tweak` adjusts the config.
+pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ApiConfig)) -> TestApi {
+    TestApi::start_with(db, |c| {
+        c.compile.isolation = CompileIsolation::ChildProcess(worker());
+        tweak(c);
+    })
+    .await
+}
 
 /// An example component's bytes.
 pub fn example(name: &str) -> Vec<u8> {
@@ -48,6 +72,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub json: Value,
     pub content_type: String,
+    /// `Retry-After`, if sent.
+    pub retry_after: Option<String>,
 }
 
 impl Caller {
@@ -82,6 +108,11 @@ impl Caller {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().await.expect("body");
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
@@ -89,6 +120,7 @@ impl Caller {
             status,
             json,
             content_type,
+            retry_after,
         }
     }
 

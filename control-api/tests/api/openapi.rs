@@ -1,6 +1,6 @@
 //! The OpenAPI document: served, complete, and in step with the checked-in copy.
 
-use gannet_control_api::testing::{Backend, TestApi, TestDb};
+use gannet_control_api::testing::{Backend, TestDb};
 use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +17,7 @@ async fn openapi_document_is_served_and_matches_the_checked_in_copy() {
     );
 
     let db = TestDb::new(Backend::Sqlite).await;
-    let api = TestApi::start(&db).await;
+    let api = crate::start(&db).await;
     let served = reqwest::get(format!("{}/v1/openapi.json", api.url()))
         .await
         .unwrap()

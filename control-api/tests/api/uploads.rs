@@ -32,7 +32,7 @@ async fn component_rows(api: &TestApi) -> i64 {
 async fn bad_uploads_are_refused_clearly_and_leave_nothing() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let t = Caller::operator(&api.url())
             .create_tenant("acme", json!({"max_component_size": 1_000_000}))
             .await;
@@ -125,7 +125,7 @@ async fn bad_uploads_are_refused_clearly_and_leave_nothing() {
 async fn the_same_component_uploaded_twice_at_once_is_stored_once() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
-        let api = TestApi::start(&db).await;
+        let api = crate::start(&db).await;
         let t = Caller::operator(&api.url())
             .create_tenant("acme", json!({}))
             .await;

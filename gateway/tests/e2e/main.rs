@@ -5,8 +5,10 @@ mod control;
 mod harness;
 
 mod cache;
+mod fair;
 mod guests;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod outbound;
 mod routing;

@@ -1,0 +1,140 @@
+//! gannet-server: the one accept loop behind the gateway's public listener
+//! and the control API. HTTP/1.1 and HTTP/2 prior knowledge ("h2c") on one
+//! port, with what an edge listener needs against idle and slow clients:
+//!
+//! - the protocol is detected under a timer (a silent socket is closed);
+//! - HTTP/1.1 heads have a read timeout; HTTP/2 has keep-alive pings and
+//!   limits against rapid reset;
+//! - a connection with no request in flight for the idle timeout is closed
+//!   gracefully (both protocols);
+//! - connections are capped: at the cap the longest-idle one is closed to
+//!   make room, and only when none is idle is a new one refused;
+//! - shutdown stops accepting and drains, up to the drain timeout.
+//!
+//! Where things are: [`limits`] (settings and flags), [`stats`] (counters),
+//! `detect` (HTTP/1 vs HTTP/2), `conn` (per-connection activity and the
+//! registry), `track` (the service wrapper that records activity), `drive`
+//! (one connection's life).
+
+#![deny(missing_docs)]
+
+pub mod limits;
+pub mod stats;
+
+mod conn;
+mod detect;
+mod drive;
+mod track;
+
+pub use limits::{ServerArgs, ServerLimits};
+pub use stats::ServerStats;
+
+use crate::conn::{Admission, ConnState, Registry};
+use crate::drive::{Shared, drive};
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The error type hyper takes from services and bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves `service` on `listener` within `limits`, counting into `stats`,
+/// until `shutdown` fires; then stops accepting (the listener is closed at
+/// once), lets in-flight requests finish for up to `limits.drain_timeout`,
+/// drops the connections left, and returns.
+///
+/// A failing accept (out of file descriptors…) is logged and retried after
+/// a growing pause; it never ends the loop.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ServerLimits,
+    stats: ServerStats,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let max_connections = limits.max_connections.max(1);
+    let drain_timeout = limits.drain_timeout;
+    let shared = Arc::new(Shared::new(limits, stats.clone()));
+    let registry = Arc::new(Registry::new(stats.clone()));
+    let tracker = TaskTracker::new();
+    let epoch = Instant::now();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't exit.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        stats.count_accepted();
+        match registry.admit(max_connections) {
+            Admission::Room => {}
+            Admission::ShedIdle => stats.count_shed(),
+            Admission::Full => {
+                stats.count_refused();
+                tracing::debug!(
+                    max_connections,
+                    "at the connection cap, none idle: refusing"
+                );
+                // Reset rather than close: nothing to say, nothing to wait for.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnState::new(epoch));
+        let registration = registry.insert(conn.clone());
+        tracker.spawn(drive(
+            shared.clone(),
+            stream,
+            service.clone(),
+            conn,
+            registration,
+        ));
+    }
+    drop(listener);
+    tracker.close();
+    tracing::info!(
+        connections = registry.count(),
+        drain_secs = drain_timeout.as_secs_f64(),
+        "stopped accepting; draining connections"
+    );
+    shared.drain.cancel();
+    if tokio::time::timeout(drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = registry.count(),
+            "drain timeout reached; closing remaining connections"
+        );
+        shared.abort.cancel();
+        tracker.wait().await;
+    } else {
+        tracing::info!("all connections drained");
+    }
+}
