@@ -13,7 +13,7 @@ use std::time::Duration;
 use wasmtime::ResourceLimiter;
 
 /// Period of the process's epoch ticker: the granularity of CPU accounting.
-pub const EPOCH_TICK: Duration = Duration::from_micros(250);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Most elements one table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
