@@ -66,8 +66,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
     let operator_token = read_or_create_secret(&state.join("operator-token"))?;
 
     // Control API.
-    let api_listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
+    let api_listener = gannet_server::bind(args.api_listen)
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
     let api_url = format!("http://{}", api_listener.local_addr()?);
     let api_dir = state.join("api");
@@ -124,8 +123,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
     let node_token = node["token"].as_str().unwrap_or_default().to_string();
 
     // Gateway.
-    let listener = tokio::net::TcpListener::bind(args.gateway_listen)
-        .await
+    let listener = gannet_server::bind(args.gateway_listen)
         .with_context(|| format!("binding the gateway to {}", args.gateway_listen))?;
     let admin = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("binding the gateway admin to {}", args.admin_listen))?;

@@ -127,9 +127,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         server: args.server.limits(),
         ..ApiConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        gannet_server::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let built = AppState::build(config)
         .await
         .context("starting the control API")?;

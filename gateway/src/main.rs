@@ -257,9 +257,8 @@ async fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        gannet_server::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let admin = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("binding admin {}", args.admin_listen))?;
     let public_addr = listener.local_addr()?;

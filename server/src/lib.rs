@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bind;
 pub mod limits;
 pub mod stats;
 
@@ -26,6 +27,7 @@ mod detect;
 mod drive;
 mod track;
 
+pub use bind::bind;
 pub use limits::{ServerArgs, ServerLimits};
 pub use stats::ServerStats;
 

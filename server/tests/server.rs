@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout};
@@ -41,7 +41,7 @@ struct TestServer {
 }
 
 async fn start(limits: ServerLimits) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = gannet_server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let calls = Arc::new(AtomicUsize::new(0));
     let (release, gate) = watch::channel(false);
@@ -187,10 +187,13 @@ fn raise_nofile_limit() -> libc::rlim_t {
 }
 
 /// How many sockets of each of two kinds fit in the descriptor limit (each
-/// costs two: the client's and the server's), up to `wanted`.
+/// costs two: the client's and the server's), up to `wanted`, leaving room
+/// for the other tests of this binary, which run alongside. (Past the
+/// limit the server cannot accept, and a silent socket left in the listen
+/// backlog has no timer to close it.)
 fn flood_size(wanted: usize) -> usize {
     let limit = raise_nofile_limit();
-    let fits = usize::try_from(limit.saturating_sub(1_000) / 4).unwrap_or(usize::MAX);
+    let fits = usize::try_from(limit.saturating_sub(3_000) / 4).unwrap_or(usize::MAX);
     if fits < wanted {
         eprintln!(
             "note: RLIMIT_NOFILE allows {limit} descriptors: flooding with {fits} sockets of each kind instead of {wanted}"
@@ -216,7 +219,9 @@ async fn silent_and_preface_only_floods_are_closed_in_time_while_real_clients_ar
     let detect = Duration::from_secs(1);
     let idle = Duration::from_secs(1);
     let grace = Duration::from_secs(1);
-    let slack = Duration::from_secs(5);
+    // Generous: on a loaded machine (CI runs the other tests alongside) the
+    // accept loop and timers lag; what matters is that every socket closes.
+    let slack = Duration::from_secs(20);
     let server = start(ServerLimits {
         detect_timeout: detect,
         idle_timeout: idle,
@@ -251,6 +256,12 @@ async fn silent_and_preface_only_floods_are_closed_in_time_while_real_clients_ar
     let connecting = Arc::new(Semaphore::new(256));
     let mut flood = JoinSet::new();
     for i in 0..2 * per_kind {
+        // Never more than 512 handshakes ahead of the accept loop: past the
+        // listen backlog the kernel drops the handshake's last ACK, and a
+        // socket the client thinks open is one the server never saw.
+        while i as u64 > server.stats.accepted() + 512 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let kind = if i % 2 == 0 {
             Flood::Silent
         } else {
@@ -290,9 +301,12 @@ async fn silent_and_preface_only_floods_are_closed_in_time_while_real_clients_ar
 
     assert!(
         still_open.is_empty(),
-        "{} of {} flood sockets were still open past their timeout, e.g. {:?}",
+        "{} of {} flood sockets were still open past their timeout (accepted {}, detect timeouts {}, idle closed {}), e.g. {:?}",
         still_open.len(),
         2 * per_kind,
+        server.stats.accepted(),
+        server.stats.detect_timeouts(),
+        server.stats.idle_closed(),
         &still_open[..still_open.len().min(5)]
     );
     assert!(
@@ -521,20 +535,28 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused() {
     }
     wait_until("50 slow requests are in flight", || server.calls() == 50).await;
 
-    let mut refused = TcpStream::connect(server.addr)
-        .await
-        .expect("the kernel completes the handshake");
-    let _ = refused
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await;
-    let answer = timeout(Duration::from_secs(2), read_until_closed(&mut refused))
-        .await
-        .expect("the 51st connection is closed at once");
-    assert!(
-        answer.is_empty(),
-        "the 51st connection was answered: {:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    // The kernel completes the handshake; the server's reset may arrive
+    // before `connect` returns (then connect itself fails with a reset).
+    match TcpStream::connect(server.addr).await {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(mut refused) => {
+            let _ = refused
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                .await;
+            let answer = timeout(Duration::from_secs(2), read_until_closed(&mut refused))
+                .await
+                .expect("the 51st connection is closed at once");
+            assert!(
+                answer.is_empty(),
+                "the 51st connection was answered: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    wait_until("the refusal is counted", || {
+        server.stats.refused_at_cap() == 1
+    })
+    .await;
     assert_eq!(server.stats.refused_at_cap(), 1);
     assert_eq!(server.stats.shed_idle(), 0);
     assert_eq!(server.calls(), 50);
