@@ -190,6 +190,9 @@ async fn invoke(
         app.metrics.inflight.dec();
         let _ = outcome_tx.send(outcome);
     };
+    // In the CPU round from now (a waiter allocation when it must queue),
+    // so a guest yielding before this task is first polled can hand over.
+    turn.queue_early();
     state.guests.spawn(turn.run(guest));
 
     match head_rx.await {

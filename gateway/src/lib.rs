@@ -125,6 +125,7 @@ impl Gateway {
             reserve_percent: config.fairness.reserve_percent,
             memory_budget: config.fairness.memory_budget(),
         }));
+        metrics::MemoryBudgetGauges::register(&metrics, shares.memory.clone())?;
         tracing::info!(
             guest_threads = guests.threads(),
             memory_budget = shares.memory.limit(),

@@ -30,12 +30,16 @@
 //! | `gannet_connections_accepted_total`, `gannet_connections_shed_total`, `gannet_connections_refused_total` | counter | |
 //! | `gannet_connections_detect_timeouts_total`, `gannet_connections_idle_closed_total` | counter | |
 //! | `gannet_connections_header_timeouts_total`, `gannet_connections_ping_timeouts_total` | counter | |
+//! | `gannet_memory_budget_bytes`, `gannet_memory_used_bytes` | gauge | |
+//! | `gannet_memory_budget_refusals_total` | counter | |
 //!
 //! When a version stops being served, its series (and, when the app is
 //! gone, the app's) are removed, so a gateway's `/metrics` does not grow
 //! with every deploy.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use gannet_runtime::fair::memory::MemoryBudget;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -458,6 +462,68 @@ impl prometheus::core::Collector for ServerConnections {
             counter.inc_by(read(&self.stats).saturating_sub(counter.get()));
             families.extend(prometheus::core::Collector::collect(counter));
         }
+        families
+    }
+}
+
+/// `gannet_memory_*`: the shared memory budget of all instances
+/// ([`MemoryBudget`]), read whenever the registry is gathered.
+pub(crate) struct MemoryBudgetGauges {
+    budget: Arc<MemoryBudget>,
+    limit: IntGauge,
+    used: IntGauge,
+    refusals: IntCounter,
+    /// Serialises the copy, so two scrapes cannot both add the same delta.
+    copying: std::sync::Mutex<()>,
+}
+
+impl MemoryBudgetGauges {
+    /// Registers the budget's gauges in `metrics`' registry.
+    pub(crate) fn register(
+        metrics: &Metrics,
+        budget: Arc<MemoryBudget>,
+    ) -> Result<(), prometheus::Error> {
+        let gauges = MemoryBudgetGauges {
+            budget,
+            limit: IntGauge::new(
+                "gannet_memory_budget_bytes",
+                "Linear memory all instances may hold together.",
+            )?,
+            used: IntGauge::new(
+                "gannet_memory_used_bytes",
+                "Linear memory all instances hold now.",
+            )?,
+            refusals: IntCounter::new(
+                "gannet_memory_budget_refusals_total",
+                "Memory grows refused by the shared budget or a tenant's part of it.",
+            )?,
+            copying: std::sync::Mutex::new(()),
+        };
+        metrics.registry.register(Box::new(gauges))
+    }
+}
+
+impl prometheus::core::Collector for MemoryBudgetGauges {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = prometheus::core::Collector::desc(&self.limit);
+        descs.extend(prometheus::core::Collector::desc(&self.used));
+        descs.extend(prometheus::core::Collector::desc(&self.refusals));
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _copying = self
+            .copying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.limit.set(gauge(self.budget.limit()));
+        self.used.set(gauge(self.budget.used()));
+        self.refusals
+            .inc_by(self.budget.refused().saturating_sub(self.refusals.get()));
+        let mut families = prometheus::core::Collector::collect(&self.limit);
+        families.extend(prometheus::core::Collector::collect(&self.used));
+        families.extend(prometheus::core::Collector::collect(&self.refusals));
         families
     }
 }

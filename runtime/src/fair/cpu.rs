@@ -17,8 +17,13 @@
 //! wall-clock length of the poll, which on a core the gateway has to itself
 //! is the CPU the guest used. Credit cannot be banked: a tenant (or app)
 //! never has more than one quantum of credit. Debt is kept (up to
-//! [`MAX_DEBT_QUANTA`] quanta), so a tenant whose guests ran long turns
-//! while nobody waited still pays for them once others do.
+//! [`MAX_DEBT`]), so a tenant whose guests ran long turns while nobody
+//! waited still pays for them once others do.
+//!
+//! A guest joins the round when it is spawned ([`GuestTurn::queue_early`]),
+//! not when its task is first polled: a guest that yields meanwhile hands it
+//! the turn at that yield, rather than running one more slice while the new
+//! task waits in the executor's queue.
 //!
 //! A guest that yields keeps its turn when nobody waits, and for up to
 //! [`APP_SLICE`] when only guests of its own app wait, so one busy app is
@@ -41,8 +46,10 @@ use std::time::{Duration, Instant};
 /// How long a guest keeps its turn when only guests of its own app wait.
 pub const APP_SLICE: Duration = Duration::from_millis(2);
 
-/// Most debt a tenant or app carries, in quanta.
-pub const MAX_DEBT_QUANTA: i64 = 50;
+/// Most debt a tenant or app carries.
+pub const MAX_DEBT: Duration = Duration::from_millis(50);
+
+const MAX_DEBT_NS: i64 = MAX_DEBT.as_nanos() as i64;
 
 /// The CPU credit of a tenant or an app (nanoseconds, may be negative).
 #[derive(Debug)]
@@ -201,10 +208,30 @@ impl CpuScheduler {
         false
     }
 
+    /// Queues `key` for a turn before its task is first polled (no waker
+    /// yet), unless a turn is free and nobody waits. The guest then takes
+    /// part in the round from the moment it is spawned: a guest that
+    /// yields meanwhile can hand it the turn at once, instead of after one
+    /// more slice.
+    fn queue_early(&self, key: &ShareKey, waiting: &mut Option<Arc<Waiter>>) {
+        let mut round = self.lock();
+        if round.free > 0 && round.waiting == 0 {
+            return;
+        }
+        let w = Arc::new(Waiter {
+            granted: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        round.enqueue(key, w.clone());
+        drop(round);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        *waiting = Some(w);
+    }
+
     /// Gives a turn back, charging `key` for `held`, and hands it on.
     fn give_back(&self, key: &ShareKey, held: Duration) {
         let ns = i64::try_from(held.as_nanos()).unwrap_or(i64::MAX);
-        let floor = -MAX_DEBT_QUANTA * self.quantum_ns;
+        let floor = -MAX_DEBT_NS;
         let mut round = self.lock();
         for account in [&key.tenant, &key.app] {
             account.set(account.deficit().saturating_sub(ns).max(floor));
@@ -235,7 +262,7 @@ impl CpuScheduler {
         cx: &Context<'_>,
     ) -> bool {
         let ns = i64::try_from(held.as_nanos()).unwrap_or(i64::MAX);
-        let floor = -MAX_DEBT_QUANTA * self.quantum_ns;
+        let floor = -MAX_DEBT_NS;
         let mut round = self.lock();
         for account in [&key.tenant, &key.app] {
             account.set(account.deficit().saturating_sub(ns).max(floor));
@@ -460,6 +487,17 @@ impl GuestTurn {
         false
     }
 
+    /// Joins the round now, before the guest's task is spawned (see
+    /// [`CpuScheduler::queue_early`]); its first poll then finds its turn
+    /// granted, or keeps waiting for it.
+    pub fn queue_early(&self) {
+        let mut state = self.lock();
+        if state.held.is_some() || state.waiting.is_some() {
+            return;
+        }
+        self.scheduler.queue_early(&self.key, &mut state.waiting);
+    }
+
     /// Gives the turn back, if held, charging the time since it was taken.
     fn release(&self) {
         let since = {
@@ -679,6 +717,33 @@ mod tests {
         s.give_back(&k1, Duration::from_micros(10));
         assert!(s.take(&k2, &mut w, &cx), "the turn went to the waiter");
         assert_eq!(s.waiting(), 0);
+    }
+
+    #[test]
+    fn a_guest_queued_at_spawn_gets_the_next_yield_before_its_first_poll() {
+        let s = Arc::new(CpuScheduler::new(1, Duration::from_millis(1)));
+        let waker = cx_waker();
+        let cx = Context::from_waker(&waker);
+        let (noisy, quiet) = (tenant(1), tenant(2));
+        let spinner = GuestTurn::new(&s, key(&noisy, &tenant(1)));
+        assert!(spinner.acquire(&cx));
+        // A second noisy guest waits; then a quiet one is spawned.
+        let other = GuestTurn::new(&s, key(&noisy, &tenant(1)));
+        assert!(!other.acquire(&cx));
+        let early = GuestTurn::new(&s, key(&quiet, &tenant(2)));
+        early.queue_early();
+        assert_eq!(s.waiting(), 2);
+        // The spinner yields at its tick, well past its app slice: the
+        // quiet tenant's guest gets the turn though its task never ran.
+        std::thread::sleep(APP_SLICE);
+        assert!(!spinner.pass_on(&cx), "the spinner had to hand its turn on");
+        assert!(early.acquire(&cx), "the early guest's first poll runs");
+        assert!(!other.acquire(&cx));
+        // Queueing early is a no-op for a guest already in the round, and
+        // dropping a waiting guest leaves the queue.
+        early.queue_early();
+        drop(other);
+        assert_eq!(s.waiting(), 1, "only the spinner waits");
     }
 
     #[test]
