@@ -25,13 +25,18 @@ pub struct GlobalArgs {
     /// API token (overrides the stored login).
     #[arg(long, global = true, env = "GANNET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for the control API's
+    /// HTTPS, besides the built-in public roots (`gannet login` stores it).
+    #[arg(long, global = true, env = "GANNET_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Store an endpoint and token for later commands (checked first).
     Login {
-        /// Control API URL, e.g. http://127.0.0.1:7070
+        /// Control API URL, e.g. https://api.example.com (plain http://
+        /// only to a loopback address, e.g. http://127.0.0.1:7070)
         #[arg(long)]
         endpoint: String,
         /// Token from your operator (or `gannet admin tenants create`).

@@ -1,10 +1,19 @@
 //! The HTTP client: one method per API call, errors classified for exit codes.
+//! Tokens never cross the network in clear: the control API is `https://`
+//! (verified against the built-in public roots and any `--ca-cert`), or
+//! plain `http://` only on loopback.
 
+use anyhow::Context;
+use gannet_gateway::sync::trust;
 use gannet_model::api::Problem;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::path::Path;
+
+/// The option that adds a CA, named in certificate errors.
+const CA_FLAG: &str = "--ca-cert";
 
 /// A failed API call.
 #[derive(Debug)]
@@ -63,13 +72,26 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client.
-    pub fn new(endpoint: &str, token: &str) -> Self {
-        Client {
-            http: reqwest::Client::new(),
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+    /// A client of the control API at `endpoint`, which must be `https://`
+    /// or `http://` to a loopback host (refused otherwise, before anything
+    /// is sent). Its certificate may chain to the built-in public roots or
+    /// to a CA certificate in `ca_cert` (PEM, one or more).
+    pub fn new(endpoint: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let endpoint = trust::control_api_url(endpoint)?;
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            for der in trust::read_ca_file(path)? {
+                let cert = reqwest::Certificate::from_der(der.as_ref())
+                    .with_context(|| format!("the CA certificate in {}", path.display()))?;
+                http = http.add_root_certificate(cert);
+            }
         }
+        let http = http.build().context("setting up the HTTP client")?;
+        Ok(Client {
+            http,
+            endpoint,
+            token: token.to_string(),
+        })
     }
 
     /// A request to `path` with the bearer token.
@@ -90,8 +112,9 @@ impl Client {
         req: RequestBuilder,
     ) -> Result<(T, reqwest::header::HeaderMap), ApiFailure> {
         let resp = req.send().await.map_err(|e| {
+            let why = trust::tls_failure(&e, CA_FLAG).unwrap_or_else(|| trust::error_chain(&e));
             ApiFailure::Network(format!(
-                "cannot reach the control API at {}: {e}",
+                "cannot reach the control API at {}: {why}",
                 self.endpoint
             ))
         })?;

@@ -53,13 +53,21 @@ fn size(s: &Option<String>) -> Result<Option<ByteSize>> {
 pub async fn run(cli: Cli) -> Result<()> {
     let json = cli.global.json;
     if let Command::Login { endpoint, token } = &cli.command {
-        return login(endpoint, token, json).await;
+        return login(endpoint, token, cli.global.ca_cert.as_deref(), json).await;
     }
     if let Command::Dev(args) = cli.command {
         return crate::dev::run(args, json).await;
     }
-    let resolved = settings::resolve(cli.global.endpoint.clone(), cli.global.token.clone())?;
-    let client = Client::new(&resolved.endpoint, &resolved.token);
+    let resolved = settings::resolve(
+        cli.global.endpoint.clone(),
+        cli.global.token.clone(),
+        cli.global.ca_cert.clone(),
+    )?;
+    let client = Client::new(
+        &resolved.endpoint,
+        &resolved.token,
+        resolved.ca_cert.as_deref(),
+    )?;
     match cli.command {
         Command::Login { .. } | Command::Dev(_) => unreachable!("handled above"),
         Command::Status { app } => status(&client, &app, json).await?,
@@ -166,8 +174,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn login(endpoint: &str, token: &str, json: bool) -> Result<()> {
-    let client = Client::new(endpoint, token);
+async fn login(
+    endpoint: &str,
+    token: &str,
+    ca_cert: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let ca_cert = ca_cert.map(settings::absolute_ca_cert).transpose()?;
+    let client = Client::new(endpoint, token, ca_cert.as_deref())?;
     let me: WhoAmI = client
         .get("/v1/whoami")
         .await
@@ -175,6 +189,7 @@ async fn login(endpoint: &str, token: &str, json: bool) -> Result<()> {
     let path = settings::save(&settings::Login {
         endpoint: Some(endpoint.trim_end_matches('/').to_string()),
         token: Some(token.to_string()),
+        ca_cert,
     })?;
     if json {
         return print_json(&me);

@@ -68,7 +68,16 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
     // Control API.
     let api_listener = gannet_server::bind(args.api_listen)
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
-    let api_url = format!("http://{}", api_listener.local_addr()?);
+    // Clients in this process reach the API over loopback even when it
+    // listens on every interface (plain http:// is refused otherwise).
+    let mut api_addr = api_listener.local_addr()?;
+    if api_addr.ip().is_unspecified() {
+        api_addr.set_ip(match api_addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let api_url = format!("http://{api_addr}");
     let api_dir = state.join("api");
     std::fs::create_dir_all(&api_dir)?;
     let built = AppState::build(ApiConfig {
@@ -92,7 +101,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
     ));
 
     // The dev tenant, the dev PoP and a node token.
-    let operator = Client::new(&api_url, &operator_token);
+    let operator = Client::new(&api_url, &operator_token, None)?;
     let created: Result<serde_json::Value, _> = operator
         .post("/v1/admin/tenants", &serde_json::json!({"name": TENANT}))
         .await;
@@ -138,6 +147,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
                 state_dir: state.join("gateway"),
                 poll_wait: Duration::from_secs(30),
                 max_body: gannet_gateway::config::DEFAULT_MAX_COMPONENT_SIZE,
+                trusted_cas: None,
             }),
             cache_dir: state.join("cache"),
             allow_private_outbound: true,
@@ -146,7 +156,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
         .await
         .context("starting the gateway")?,
     );
-    let gateway_task = tokio::spawn(gateway.clone().run(listener, admin, shutdown.clone()));
+    let gateway_task = tokio::spawn(gateway.clone().run(listener, None, admin, shutdown.clone()));
 
     let info = serde_json::json!({
         "gateway_url": gateway_url,
@@ -172,7 +182,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
         println!("state     {}/dev.json", state.display());
     }
 
-    let tenant = Client::new(&api_url, &tenant_token);
+    let tenant = Client::new(&api_url, &tenant_token, None)?;
     let watcher = match &args.component {
         Some(file) => {
             let name = app_name(file)?;

@@ -1,11 +1,12 @@
 //! Where the CLI's login lives: `<config dir>/gannet/config.toml`, written
-//! with mode 0600. GANNET_ENDPOINT / GANNET_TOKEN (or the flags) override it.
+//! with mode 0600. GANNET_ENDPOINT / GANNET_TOKEN / GANNET_CA_CERT (or the
+//! flags) override it.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The stored login.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -14,6 +15,10 @@ pub struct Login {
     pub endpoint: Option<String>,
     /// API token.
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for the control API's HTTPS
+    /// (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The config file's path.
@@ -53,17 +58,31 @@ pub fn save(login: &Login) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Endpoint and token after flags, env and the stored login.
+/// Endpoint, token and CA after flags, env and the stored login.
 pub struct Resolved {
     /// Control API URL.
     pub endpoint: String,
     /// API token.
     pub token: String,
+    /// CA certificates to trust besides the public roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
-/// Resolves endpoint and token, or says how to provide them.
-pub fn resolve(endpoint: Option<String>, token: Option<String>) -> Result<Resolved> {
+/// `path` made absolute, so a stored login works from any directory; it
+/// must exist.
+pub fn absolute_ca_cert(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path)
+        .with_context(|| format!("reading the CA certificates in {}", path.display()))
+}
+
+/// Resolves endpoint, token and CA, or says how to provide them.
+pub fn resolve(
+    endpoint: Option<String>,
+    token: Option<String>,
+    ca_cert: Option<PathBuf>,
+) -> Result<Resolved> {
     let stored = load()?;
+    let ca_cert = ca_cert.or(stored.ca_cert);
     let endpoint = endpoint.or(stored.endpoint).context(
         "no control API endpoint: run `gannet login --endpoint URL --token TOKEN` or set GANNET_ENDPOINT",
     )?;
@@ -73,5 +92,6 @@ pub fn resolve(endpoint: Option<String>, token: Option<String>) -> Result<Resolv
     Ok(Resolved {
         endpoint: endpoint.trim_end_matches('/').to_string(),
         token,
+        ca_cert,
     })
 }

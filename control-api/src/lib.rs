@@ -178,6 +178,28 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_on(listener, None, state, shutdown).await
+}
+
+/// [`serve`] over TLS (HTTPS): every connection completes a handshake
+/// within `tls`'s timeout first (see [`gannet_server::serve_tls`]). The
+/// certificate is whatever `tls.config`'s resolver gives; a
+/// [`gannet_server::tls::ReloadableCert`] can be replaced while serving.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: gannet_server::TlsSettings,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_on(listener, Some(tls), state, shutdown).await
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    tls: Option<gannet_server::TlsSettings>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let polls = state.shutdown.clone();
     let limits = state.config.server.clone();
     let service = hyper_util::service::TowerToHyperService::new(app(state));
@@ -189,7 +211,14 @@ pub async fn serve(
         }
     };
     let stats = gannet_server::ServerStats::new();
-    let serving = gannet_server::serve(listener, service, limits, stats, shutdown);
+    let serving = async move {
+        match tls {
+            None => gannet_server::serve(listener, service, limits, stats, shutdown).await,
+            Some(tls) => {
+                gannet_server::serve_tls(listener, tls, service, limits, stats, shutdown).await
+            }
+        }
+    };
     tokio::join!(serving, end_polls);
     Ok(())
 }

@@ -2,15 +2,22 @@
 //! once, serve until SIGTERM/SIGINT.
 //!
 //!     gannet-control-api --listen 127.0.0.1:7070 [--database-url sqlite://./gannet.db | postgres://…] [--data-dir ./data]
+//!                        [--tls-cert cert.pem --tls-key key.pem]
+//!
+//! With `--tls-cert`/`--tls-key` it serves HTTPS, and SIGHUP reloads the
+//! pair (a pair that cannot be used is logged with its reason and the
+//! current one keeps serving).
 
 use anyhow::Context;
 use clap::Parser;
 use gannet_control_api::compile::{CompileConfig, CompileIsolation};
 use gannet_control_api::compile_worker::WorkerLimits;
-use gannet_control_api::{ApiConfig, AppState, serve};
+use gannet_control_api::{ApiConfig, AppState, serve, serve_tls};
 use gannet_model::ByteSize;
+use gannet_server::tls::{ReloadableCert, read_certified_key, server_config};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +82,9 @@ struct Args {
     /// The listener's connection timeouts and caps.
     #[command(flatten)]
     server: gannet_server::ServerArgs,
+    /// HTTPS: the certificate and key to serve, and the handshake limits.
+    #[command(flatten)]
+    tls: gannet_server::TlsArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -127,6 +137,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         server: args.server.limits(),
         ..ApiConfig::default()
     };
+    // A certificate that cannot be served stops the start, before anything
+    // listens.
+    let tls = match args.tls.files() {
+        Some((cert, key)) => {
+            let certified = read_certified_key(cert, key).with_context(|| {
+                format!(
+                    "loading the TLS certificate {} and key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            let resolver = ReloadableCert::new(certified);
+            let tls_config = server_config(resolver.clone()).context("configuring TLS")?;
+            // Before the listening line: a SIGHUP from then on reloads.
+            reload_on_sighup(resolver.clone(), cert, key)?;
+            Some((resolver, args.tls.settings(tls_config)))
+        }
+        None => None,
+    };
     let listener =
         gannet_server::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let built = AppState::build(config)
@@ -135,7 +164,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(token) = &built.bootstrap_token {
         eprintln!("operator token (shown once; keep it): {token}");
     }
-    eprintln!("listening on http://{}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let signalled = shutdown.clone();
     let mut term = signal(SignalKind::terminate())?;
@@ -147,7 +177,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         signalled.cancel();
     });
-    serve(listener, built.state, shutdown).await?;
+    match tls {
+        Some((_, settings)) => serve_tls(listener, settings, built.state, shutdown).await?,
+        None => serve(listener, built.state, shutdown).await?,
+    }
+    Ok(())
+}
+
+/// Re-reads the certificate and key on every SIGHUP: a pair that loads
+/// serves from the next handshake on; one that does not is logged with its
+/// reason and the current pair keeps serving.
+fn reload_on_sighup(resolver: Arc<ReloadableCert>, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (cert, key) = (cert.to_owned(), key.to_owned());
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let (c, k) = (cert.clone(), key.clone());
+            let loaded = tokio::task::spawn_blocking(move || read_certified_key(&c, &k)).await;
+            match loaded {
+                Ok(Ok(certified)) => {
+                    resolver.replace(certified);
+                    tracing::info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
+                }
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    cert = %cert.display(),
+                    key = %key.display(),
+                    "SIGHUP: TLS certificate reload failed; keeping the current certificate"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed"),
+            }
+        }
+    });
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Test support shared by this crate's tests and the CLI's: a fresh database
 //! per test (SQLite in a temporary directory, or a Postgres database created
-//! and dropped by the test), and the API served in-process on loopback.
+//! and dropped by the test), the API served in-process on loopback (also
+//! over HTTPS), and certificate authorities made for one test.
 //!
 //! Postgres tests need `GANNET_TEST_POSTGRES_URL` (an admin connection, e.g.
 //! `postgres://postgres@127.0.0.1:5432/test`); `.ci/run` sets it. Without it
@@ -8,8 +9,11 @@
 //! Postgres is an error.
 
 use crate::{ApiConfig, AppState};
+use gannet_server::tls::ReloadableCert;
 use sqlx::Connection;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The operator token the test APIs accept.
@@ -106,8 +110,12 @@ impl Drop for TestDb {
 
 /// The API served in-process on `127.0.0.1:0`; stops on drop.
 pub struct TestApi {
-    /// Where it listens.
+    /// Where it listens (plain HTTP).
     pub addr: SocketAddr,
+    /// Where it also serves HTTPS, when started with [`TestApi::start_tls`].
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificate the HTTPS listener serves; replace it to test reloads.
+    pub tls_cert: Option<Arc<ReloadableCert>>,
     /// Its state (store, blobs).
     pub state: AppState,
     shutdown: CancellationToken,
@@ -127,6 +135,22 @@ impl TestApi {
     /// `gannet-control-api` binary (`CARGO_BIN_EXE_gannet-control-api`).
     /// Rate limits are off unless `tweak` sets them.
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ApiConfig)) -> TestApi {
+        Self::start_inner(db, None, tweak).await
+    }
+
+    /// Serves the API on `db` as [`TestApi::start`] does, and the same API
+    /// (one state: one notifier, one rate limiter) over HTTPS with `cert`
+    /// on a second loopback port, [`TestApi::tls_addr`]. Tests drive it
+    /// over plain HTTP and point what they test at [`TestApi::https_url`].
+    pub async fn start_tls(db: &TestDb, cert: &TestCert) -> TestApi {
+        Self::start_inner(db, Some(cert), |_| {}).await
+    }
+
+    async fn start_inner(
+        db: &TestDb,
+        tls: Option<&TestCert>,
+        tweak: impl FnOnce(&mut ApiConfig),
+    ) -> TestApi {
         // Errors the API logs show up in the failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -153,9 +177,30 @@ impl TestApi {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let state = built.state.clone();
+        let (tls_addr, tls_cert) = match tls {
+            Some(cert) => {
+                let resolver = cert.reloadable();
+                let config =
+                    gannet_server::tls::server_config(resolver.clone()).expect("TLS config");
+                let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind TLS");
+                let tls_addr = tls_listener.local_addr().expect("TLS addr");
+                tokio::spawn(crate::serve_tls(
+                    tls_listener,
+                    gannet_server::TlsSettings::new(config),
+                    built.state.clone(),
+                    shutdown.clone(),
+                ));
+                (Some(tls_addr), Some(resolver))
+            }
+            None => (None, None),
+        };
         tokio::spawn(crate::serve(listener, built.state, shutdown.clone()));
         TestApi {
             addr,
+            tls_addr,
+            tls_cert,
             state,
             shutdown,
         }
@@ -164,6 +209,105 @@ impl TestApi {
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://127.0.0.1:PORT` of the HTTPS listener. Panics unless
+    /// started with [`TestApi::start_tls`].
+    pub fn https_url(&self) -> String {
+        format!(
+            "https://{}",
+            self.tls_addr
+                .expect("the API was started with TestApi::start_tls")
+        )
+    }
+}
+
+/// A certificate authority made for one test (rcgen, ECDSA P-256): it
+/// issues server certificates; clients that should trust them trust
+/// [`TestCa::cert_pem`].
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA's own certificate, PEM.
+    pub cert_pem: String,
+}
+
+impl TestCa {
+    /// A new CA whose certificate's common name is `name` (give two CAs of
+    /// one test different names).
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, e.g.
+    /// `["localhost", "127.0.0.1"]`), signed by this CA, with a fresh key.
+    pub fn issue(&self, names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("server names");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gannet test server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA certificate to `dir/file`; returns the path.
+    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, &self.cert_pem).expect("write CA certificate");
+        path
+    }
+}
+
+/// A server certificate and its private key, PEM.
+#[derive(Clone, Debug)]
+pub struct TestCert {
+    /// The certificate (leaf only), PEM.
+    pub cert_pem: String,
+    /// Its PKCS#8 private key, PEM.
+    pub key_pem: String,
+}
+
+impl TestCert {
+    /// Writes `dir/<stem>.crt` and `dir/<stem>.key`; returns their paths.
+    pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, &self.cert_pem).expect("write certificate");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        (cert, key)
+    }
+
+    /// A resolver serving this certificate, replaceable while serving.
+    pub fn reloadable(&self) -> Arc<ReloadableCert> {
+        ReloadableCert::new(
+            gannet_server::tls::certified_key(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
+                .expect("a usable test certificate"),
+        )
     }
 }
 

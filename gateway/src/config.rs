@@ -10,7 +10,8 @@ use std::time::Duration;
 /// How a gateway follows the control API.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
-    /// Base URL, e.g. `http://127.0.0.1:7070`.
+    /// Base URL, e.g. `https://api.example.com` (plain `http://` only to
+    /// loopback: see [`crate::sync::trust::control_api_url`]).
     pub url: String,
     /// The PoP this gateway belongs to.
     pub pop: String,
@@ -24,6 +25,11 @@ pub struct ControlPlane {
     /// is also held to the size the state declares for it) or a state
     /// document. At least the largest component size quota of any tenant.
     pub max_body: ByteSize,
+    /// The only CAs an `https://` control API's certificate may chain to
+    /// (`--control-api-ca`, read with
+    /// [`crate::sync::trust::read_ca_file`]); `None`: the web's public
+    /// roots (Mozilla's, built in).
+    pub trusted_cas: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 /// The default `--max-component-size`: 8× the default tenant quota (32 MiB).
@@ -91,6 +97,22 @@ impl Fairness {
     }
 }
 
+/// The HTTPS listener's settings.
+#[derive(Clone, Debug)]
+pub struct Https {
+    /// The platform certificate and key files (re-read on SIGHUP).
+    pub platform: crate::tls::PlatformFiles,
+    /// How long a client has to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Whether the plain listener answers 308 to the https URL.
+    pub redirect_http: bool,
+    /// The port the https URL names (behind a port mapping, the public
+    /// one); `None`: the TLS listener's own.
+    pub public_port: Option<u16>,
+}
+
 /// Everything `Gateway::build` needs.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -119,6 +141,8 @@ pub struct GatewayConfig {
     /// Timeouts and caps of the public listener's connections (its drain
     /// timeout is `drain_timeout`).
     pub server: gannet_server::ServerLimits,
+    /// HTTPS, when the gateway has a TLS listener.
+    pub https: Option<Https>,
 }
 
 impl Default for GatewayConfig {
@@ -136,6 +160,7 @@ impl Default for GatewayConfig {
             guest_log_lines_per_second: 100,
             fairness: Fairness::default(),
             server: gannet_server::ServerLimits::default(),
+            https: None,
         }
     }
 }

@@ -62,8 +62,13 @@ pub struct State {
     pub busy_hold: std::time::Duration,
 }
 
-/// Answers one request. Never fails: every failure becomes a response.
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<GatewayBody> {
+/// Answers one request that came in over `scheme` (the guest sees it).
+/// Never fails: every failure becomes a response.
+pub async fn handle(
+    state: &State,
+    req: Request<Incoming>,
+    scheme: Scheme,
+) -> Response<GatewayBody> {
     let start = Instant::now();
     let app = {
         let table = state.routes.load();
@@ -113,7 +118,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<GatewayBo
         }
     };
 
-    let response = invoke(state, &app, prepared, req, (app_permit, slot)).await;
+    let response = invoke(state, &app, prepared, req, scheme, (app_permit, slot)).await;
     app.metrics.duration.observe(start.elapsed().as_secs_f64());
     response
 }
@@ -123,6 +128,7 @@ async fn invoke(
     app: &Arc<App>,
     prepared: Arc<Prepared>,
     req: Request<Incoming>,
+    scheme: Scheme,
     permits: (OwnedSemaphorePermit, Slot),
 ) -> Response<GatewayBody> {
     let limits = *app.limits();
@@ -138,7 +144,7 @@ async fn invoke(
     let (head_tx, head_rx) = oneshot::channel();
     let pushed = {
         let mut http = store.data_mut().http();
-        http.new_incoming_request(Scheme::Http, req)
+        http.new_incoming_request(scheme, req)
             .and_then(|r| Ok((r, http.new_response_outparam(head_tx)?)))
     };
     let (incoming, outparam) = match pushed {

@@ -24,8 +24,9 @@ pub mod router;
 pub mod routes_file;
 pub mod server;
 pub mod sync;
+pub mod tls;
 
-pub use config::{ControlPlane, Fairness, GatewayConfig};
+pub use config::{ControlPlane, Fairness, GatewayConfig, Https};
 
 use crate::admin::Readiness;
 use crate::cache::{ComponentCache, PrepareError};
@@ -34,6 +35,7 @@ use crate::invoke::State;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::router::{App, RouteTable};
 use crate::routes_file::{AppSpec, LimitBounds, RoutesError};
+use crate::tls::CertStore;
 use arc_swap::ArcSwap;
 use gannet_model::Sha256Digest;
 use gannet_runtime::fair::{ShareConfig, Shares};
@@ -76,6 +78,9 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or its settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -98,6 +103,8 @@ pub struct Gateway {
     config: GatewayConfig,
     state: Arc<State>,
     readiness: Arc<Readiness>,
+    /// The certificates the TLS listener serves.
+    certs: Arc<CertStore>,
     /// Serializes reloads; holds the digest memo (path → mtime, size, digest).
     reload: Mutex<HashMap<PathBuf, (SystemTime, u64, Sha256Digest)>>,
 }
@@ -145,9 +152,17 @@ impl Gateway {
             guests,
             busy_hold: config.fairness.busy_hold,
         });
+        let certs = CertStore::new(state.metrics.clone());
+        if let Some(https) = &config.https {
+            let info = certs.load_platform(&https.platform).map_err(|e| {
+                GatewayError::Tls(format!("{}: {e}", https.platform.cert.display()))
+            })?;
+            tracing::info!(names = ?info.names, not_after = info.not_after, "platform certificate loaded");
+        }
         let gateway = Gateway {
             config,
             state,
+            certs,
             readiness: Arc::new(Readiness::default()),
             reload: Mutex::new(HashMap::new()),
         };
@@ -204,6 +219,22 @@ impl Gateway {
             memo.insert(spec.component.clone(), entry);
         }
         Ok(summary)
+    }
+
+    /// Re-reads the platform certificate files and serves the new pair from
+    /// the next handshake on; on any error the pair in service stays.
+    pub fn reload_tls(&self) -> Result<gannet_server::tls::CertInfo, GatewayError> {
+        let Some(https) = &self.config.https else {
+            return Err(GatewayError::Tls("this gateway has no TLS listener".into()));
+        };
+        self.certs
+            .load_platform(&https.platform)
+            .map_err(|e| GatewayError::Tls(format!("{}: {e}", https.platform.cert.display())))
+    }
+
+    /// The certificates the TLS listener serves.
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
     }
 
     /// Loads (from the disk cache) or compiles `spec`'s component and keeps
@@ -324,14 +355,38 @@ impl Gateway {
         }
     }
 
-    /// Serves the public listener and the admin listener until `shutdown`
-    /// fires, then drains (up to the configured timeout) and returns.
+    /// Serves the public listener (and the TLS one, when given) and the
+    /// admin listener until `shutdown` fires, then drains (up to the
+    /// configured timeout) and returns.
     pub async fn run(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls_listener: Option<tokio::net::TcpListener>,
         admin: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), GatewayError> {
+        let tls = match (&self.config.https, tls_listener) {
+            (Some(https), Some(l)) => {
+                let config = gannet_server::tls::server_config(self.certs.clone())
+                    .map_err(|e| GatewayError::Tls(e.to_string()))?;
+                let settings = gannet_server::TlsSettings {
+                    config,
+                    handshake_timeout: https.handshake_timeout,
+                    max_handshakes: https.max_handshakes,
+                };
+                let port = match https.public_port {
+                    Some(p) => p,
+                    None => l.local_addr()?.port(),
+                };
+                Some((l, settings, https.redirect_http.then_some(port)))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(GatewayError::Tls(
+                    "a TLS listener needs the HTTPS settings, and they need a listener".into(),
+                ));
+            }
+        };
         let admin_thread = admin::spawn(
             admin,
             self.state.clone(),
@@ -351,7 +406,21 @@ impl Gateway {
             drain_timeout: self.config.drain_timeout,
             ..self.config.server.clone()
         };
-        server::serve(listener, self.state.clone(), limits, shutdown).await;
+        let redirect_to = tls.as_ref().and_then(|(_, _, redirect)| *redirect);
+        let plain = server::serve(
+            listener,
+            self.state.clone(),
+            limits.clone(),
+            redirect_to,
+            shutdown.clone(),
+        );
+        match tls {
+            Some((l, settings, _)) => {
+                let secure = server::serve_tls(l, settings, self.state.clone(), limits, shutdown);
+                tokio::join!(plain, secure);
+            }
+            None => plain.await,
+        }
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         Ok(())
     }

@@ -3,14 +3,15 @@
 //!     gannet-gateway --routes routes.toml --listen 127.0.0.1:8080 \
 //!                    --admin-listen 127.0.0.1:9090 --cache-dir ./cache
 //!
-//! SIGHUP reloads the routes file (a bad file is logged and the old table
-//! keeps serving); SIGTERM or SIGINT stops accepting, drains in-flight
+//! SIGHUP reloads the routes file and the TLS certificate (a bad file is
+//! logged and the old table or certificate keeps serving); SIGTERM or SIGINT stops accepting, drains in-flight
 //! requests up to `--drain-timeout-secs`, and exits 0. A second signal exits
 //! at once.
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gannet_gateway::{ControlPlane, Fairness, Gateway, GatewayConfig};
+use gannet_gateway::tls::PlatformFiles;
+use gannet_gateway::{ControlPlane, Fairness, Gateway, GatewayConfig, Https};
 use gannet_model::ByteSize;
 use gannet_runtime::{EngineConfig, PoolConfig};
 use std::net::SocketAddr;
@@ -32,9 +33,14 @@ struct Args {
         conflicts_with = "control_api"
     )]
     routes: Option<PathBuf>,
-    /// Follow this control API instead of a routes file.
+    /// Follow this control API instead of a routes file: https://HOST[:PORT]
+    /// (plain http:// only to a loopback address).
     #[arg(long, env = "GANNET_CONTROL_API", requires = "pop")]
     control_api: Option<String>,
+    /// PEM file of the CA certificate(s) the control API's certificate must
+    /// chain to, instead of the built-in public roots (with --control-api).
+    #[arg(long, env = "GANNET_CONTROL_API_CA", requires = "control_api")]
+    control_api_ca: Option<PathBuf>,
     /// The PoP this gateway serves (with --control-api).
     #[arg(long, env = "GANNET_POP")]
     pop: Option<String>,
@@ -126,6 +132,20 @@ struct Args {
     /// The public listener's connection timeouts and caps.
     #[command(flatten)]
     server: gannet_server::ServerArgs,
+    /// Also serve HTTPS on this address (needs --tls-cert and --tls-key).
+    #[arg(long, requires = "tls_cert")]
+    tls_listen: Option<SocketAddr>,
+    /// The platform certificate and the TLS handshake limits.
+    #[command(flatten)]
+    tls: gannet_server::TlsArgs,
+    /// Answer plain-HTTP requests for served hosts with 308 to the https
+    /// URL (ACME HTTP-01 challenges excepted). Needs --tls-listen.
+    #[arg(long, requires = "tls_listen")]
+    redirect_http: bool,
+    /// The port https URLs name in redirects (when a port mapping puts the
+    /// TLS listener behind another); default: the TLS listener's port.
+    #[arg(long, requires = "tls_listen")]
+    https_port: Option<u16>,
     /// Load the routes file and compile every component, then exit.
     #[arg(long)]
     check: bool,
@@ -162,6 +182,31 @@ impl Args {
         })
     }
 
+    /// The HTTPS settings, when there is a TLS listener.
+    fn https(&self) -> Result<Option<Https>> {
+        let Some(_) = self.tls_listen else {
+            anyhow::ensure!(
+                self.tls.files().is_none(),
+                "--tls-cert and --tls-key need --tls-listen"
+            );
+            return Ok(None);
+        };
+        let (cert, key) = self
+            .tls
+            .files()
+            .context("--tls-listen needs --tls-cert and --tls-key")?;
+        Ok(Some(Https {
+            platform: PlatformFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+            handshake_timeout: Duration::from_secs(self.tls.tls_handshake_timeout_secs),
+            max_handshakes: usize::try_from(self.tls.tls_max_handshakes).unwrap_or(usize::MAX),
+            redirect_http: self.redirect_http,
+            public_port: self.https_port,
+        }))
+    }
+
     fn resolve(&self) -> Result<GatewayConfig> {
         anyhow::ensure!(
             self.pool_instances > 0,
@@ -180,7 +225,7 @@ impl Args {
             routes_path: self.routes.clone(),
             control: match (&self.control_api, &self.pop) {
                 (Some(url), Some(pop)) => Some(ControlPlane {
-                    url: url.clone(),
+                    url: gannet_gateway::sync::trust::control_api_url(url)?,
                     pop: pop.clone(),
                     node_token: self.node_token()?.context(
                         "--control-api needs a node token: --node-token-file, GANNET_NODE_TOKEN or --node-token",
@@ -188,6 +233,11 @@ impl Args {
                     state_dir: self.state_dir.clone(),
                     poll_wait: Duration::from_secs(30),
                     max_body: self.max_component_size,
+                    trusted_cas: self
+                        .control_api_ca
+                        .as_deref()
+                        .map(gannet_gateway::sync::trust::read_ca_file)
+                        .transpose()?,
                 }),
                 _ => None,
             },
@@ -209,6 +259,7 @@ impl Args {
                 busy_hold: Duration::from_millis(self.busy_hold_ms),
             },
             server: self.server.limits(),
+            https: self.https()?,
             ..GatewayConfig::default()
         })
     }
@@ -263,24 +314,46 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("binding admin {}", args.admin_listen))?;
     let public_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let tls_listener = match args.tls_listen {
+        Some(addr) => {
+            Some(gannet_server::bind(addr).with_context(|| format!("binding TLS {addr}"))?)
+        }
+        None => None,
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
     let gateway = Arc::new(Gateway::build(config).await?);
+    if let Some(l) = &tls_listener {
+        eprintln!("listening on https://{}", l.local_addr()?);
+    }
     eprintln!("listening on http://{public_addr}");
     eprintln!("admin listening on http://{admin_addr}");
 
     let shutdown = CancellationToken::new();
-    let serving = tokio::spawn(gateway.clone().run(listener, admin, shutdown.clone()));
+    let serving = tokio::spawn(gateway.clone().run(
+        listener,
+        tls_listener,
+        admin,
+        shutdown.clone(),
+    ));
     loop {
         tokio::select! {
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading routes");
-                match gateway.reload().await {
-                    Ok(s) => tracing::info!(apps = s.apps, "routes reloaded"),
-                    Err(e) => tracing::error!(error = %e, "routes reload failed; keeping the current routes"),
+                if gateway.config().routes_path.is_some() {
+                    tracing::info!("SIGHUP: reloading routes");
+                    match gateway.reload().await {
+                        Ok(s) => tracing::info!(apps = s.apps, "routes reloaded"),
+                        Err(e) => tracing::error!(error = %e, "routes reload failed; keeping the current routes"),
+                    }
+                }
+                if gateway.config().https.is_some() {
+                    match gateway.reload_tls() {
+                        Ok(info) => tracing::info!(names = ?info.names, not_after = info.not_after, "TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the current certificate"),
+                    }
                 }
             }
             _ = sigterm.recv() => break,

@@ -78,8 +78,10 @@ pub struct Metrics {
     pub(crate) sync_last_success: IntGauge,
     pub(crate) prepare_failures: IntCounterVec,
     pub(crate) sync_collected: IntCounter,
-    /// The public listener's connection counters (`gannet_connections_*`).
+    /// The public listeners' connection and TLS counters
+    /// (`gannet_connections_*`, `gannet_tls_*`).
     pub server: gannet_server::ServerStats,
+    pub(crate) cert_expiry: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -97,6 +99,7 @@ impl Metrics {
         OutboundRefusals::register(&r)?;
         let server = gannet_server::ServerStats::new();
         ServerConnections::register(&r, server.clone())?;
+        TlsHandshakes::register(&r, server.clone())?;
         Ok(Metrics {
             requests: reg(
                 &r,
@@ -295,6 +298,16 @@ impl Metrics {
                 )?,
             ),
             server,
+            cert_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gannet_tls_cert_expiry_timestamp_seconds",
+                        "When the certificate served for a name expires (unix seconds).",
+                    ),
+                    &["name"],
+                )?,
+            ),
             registry: r,
         })
     }
@@ -312,6 +325,14 @@ impl Metrics {
             let _ = self.instantiate.remove_label_values(&[&m.app]);
             let _ = self.inflight.remove_label_values(&[&m.app]);
             let _ = self.log_dropped.remove_label_values(&[&m.app]);
+        }
+    }
+
+    /// Replaces the certificate expiry series with `names` (name, notAfter).
+    pub(crate) fn set_cert_expiry<'a>(&self, names: impl Iterator<Item = (&'a str, i64)>) {
+        self.cert_expiry.reset();
+        for (name, not_after) in names {
+            self.cert_expiry.with_label_values(&[name]).set(not_after);
         }
     }
 
@@ -462,6 +483,89 @@ impl prometheus::core::Collector for ServerConnections {
             counter.inc_by(read(&self.stats).saturating_sub(counter.get()));
             families.extend(prometheus::core::Collector::collect(counter));
         }
+        families
+    }
+}
+
+/// `gannet_tls_*`: the TLS listener's handshake counters
+/// ([`gannet_server::ServerStats`]), copied in whenever the registry is
+/// gathered.
+struct TlsHandshakes {
+    stats: gannet_server::ServerStats,
+    handshakes: IntCounterVec,
+    resumed: IntCounter,
+    alpn: IntCounterVec,
+    /// Serialises the copy, so two scrapes cannot both add the same delta.
+    copying: std::sync::Mutex<()>,
+}
+
+impl TlsHandshakes {
+    fn register(r: &Registry, stats: gannet_server::ServerStats) -> Result<(), prometheus::Error> {
+        r.register(Box::new(TlsHandshakes {
+            stats,
+            handshakes: IntCounterVec::new(
+                Opts::new(
+                    "gannet_tls_handshakes_total",
+                    "TLS handshakes by result (ok, failed, timeout) and protocol version.",
+                ),
+                &["result", "version"],
+            )?,
+            resumed: IntCounter::new(
+                "gannet_tls_resumed_total",
+                "TLS handshakes that resumed an earlier session.",
+            )?,
+            alpn: IntCounterVec::new(
+                Opts::new(
+                    "gannet_tls_alpn_total",
+                    "TLS handshakes by the protocol the client chose by ALPN.",
+                ),
+                &["protocol"],
+            )?,
+            copying: std::sync::Mutex::new(()),
+        }))
+    }
+}
+
+/// Raises `counter` to `now`.
+fn catch_up(counter: &IntCounter, now: u64) {
+    counter.inc_by(now.saturating_sub(counter.get()));
+}
+
+impl prometheus::core::Collector for TlsHandshakes {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = prometheus::core::Collector::desc(&self.handshakes);
+        descs.extend(prometheus::core::Collector::desc(&self.resumed));
+        descs.extend(prometheus::core::Collector::desc(&self.alpn));
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use gannet_server::Alpn;
+        let _copying = self
+            .copying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = &self.stats;
+        let (tls12, tls13) = s.tls_handshakes();
+        for (labels, now) in [
+            (["ok", "1.2"], tls12),
+            (["ok", "1.3"], tls13),
+            (["failed", ""], s.tls_failed()),
+            (["timeout", ""], s.tls_timed_out()),
+        ] {
+            catch_up(&self.handshakes.with_label_values(&labels), now);
+        }
+        catch_up(&self.resumed, s.tls_resumed());
+        for (protocol, alpn) in [
+            ("h2", Alpn::H2),
+            ("http/1.1", Alpn::Http1),
+            ("none", Alpn::None),
+        ] {
+            catch_up(&self.alpn.with_label_values(&[protocol]), s.tls_alpn(alpn));
+        }
+        let mut families = prometheus::core::Collector::collect(&self.handshakes);
+        families.extend(prometheus::core::Collector::collect(&self.resumed));
+        families.extend(prometheus::core::Collector::collect(&self.alpn));
         families
     }
 }

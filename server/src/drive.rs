@@ -7,6 +7,7 @@ use crate::conn::{ConnState, Registration};
 use crate::detect::{Detected, detect};
 use crate::limits::{MAX_HEADERS, ServerLimits};
 use crate::stats::ServerStats;
+use crate::tls::{Handshake, Handshaker};
 use crate::track::Tracked;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
@@ -73,9 +74,12 @@ enum Close {
 }
 
 /// Drives the connection `stream` until it ends; `registration` holds its
-/// place in the registry until then.
+/// place in the registry until then. With `tls`, the TLS handshake (under
+/// its timer) takes the place of protocol detection, and ALPN decides
+/// between HTTP/2 and HTTP/1.1.
 pub async fn drive<S, B>(
     shared: Arc<Shared>,
+    tls: Option<Arc<Handshaker>>,
     stream: TcpStream,
     service: S,
     conn: Arc<ConnState>,
@@ -88,23 +92,60 @@ pub async fn drive<S, B>(
     B::Data: Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let limits = &shared.limits;
-    let detected = tokio::select! {
-        detected = detect(&stream, limits.detect_timeout) => detected,
+    let Some(tls) = tls else {
+        let detected = tokio::select! {
+            detected = detect(&stream, shared.limits.detect_timeout) => detected,
+            () = conn.shed_requested() => return,
+            () = shared.drain.cancelled() => return,
+        };
+        match detected {
+            Detected::Http1 | Detected::Http2 => {}
+            Detected::TimedOut => {
+                shared.stats.count_detect_timeout();
+                tracing::debug!("connection sent no request in time; closing");
+                return;
+            }
+            Detected::Closed => return,
+        }
+        return serve_http(&shared, TokioIo::new(stream), detected, service, conn).await;
+    };
+    let handshake = tokio::select! {
+        done = tls.handshake(stream, &shared.stats) => done,
         () = conn.shed_requested() => return,
         () = shared.drain.cancelled() => return,
     };
-    let builder = match detected {
-        Detected::Http1 => &shared.h1,
-        Detected::Http2 => &shared.h2,
-        Detected::TimedOut => {
-            shared.stats.count_detect_timeout();
-            tracing::debug!("connection sent no request in time; closing");
-            return;
+    match handshake {
+        Handshake::Done { stream, h2 } => {
+            let detected = if h2 { Detected::Http2 } else { Detected::Http1 };
+            serve_http(&shared, TokioIo::new(stream), detected, service, conn).await;
         }
-        Detected::Closed => return,
+        Handshake::TimedOut | Handshake::Failed => {}
+    }
+}
+
+/// Serves HTTP (`detected` says which version) on `io` until the
+/// connection ends, closing it gracefully when idle, shed or drained.
+async fn serve_http<I, S, B>(
+    shared: &Shared,
+    io: TokioIo<I>,
+    detected: Detected,
+    service: S,
+    conn: Arc<ConnState>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limits = &shared.limits;
+    let builder = match detected {
+        Detected::Http2 => &shared.h2,
+        _ => &shared.h1,
     };
-    let http = builder.serve_connection(TokioIo::new(stream), Tracked::new(service, conn.clone()));
+    let http = builder.serve_connection(io, Tracked::new(service, conn.clone()));
     let mut http = std::pin::pin!(http);
 
     let close = loop {

@@ -21,6 +21,7 @@
 pub mod bind;
 pub mod limits;
 pub mod stats;
+pub mod tls;
 
 mod conn;
 mod detect;
@@ -29,7 +30,8 @@ mod track;
 
 pub use bind::bind;
 pub use limits::{ServerArgs, ServerLimits};
-pub use stats::ServerStats;
+pub use stats::{Alpn, ServerStats};
+pub use tls::{TlsArgs, TlsSettings};
 
 use crate::conn::{Admission, ConnState, Registry};
 use crate::drive::{Shared, drive};
@@ -55,6 +57,47 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// a growing pause; it never ends the loop.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    service: S,
+    limits: ServerLimits,
+    stats: ServerStats,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    run(listener, None, service, limits, stats, shutdown).await;
+}
+
+/// [`serve`] over TLS: every connection first completes a TLS handshake
+/// within `tls.handshake_timeout` (at most `tls.max_handshakes` at once),
+/// then speaks the HTTP version it chose by ALPN. The connection cap, idle
+/// shedding and drain are the plain listener's.
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    tls: TlsSettings,
+    service: S,
+    limits: ServerLimits,
+    stats: ServerStats,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let handshaker = Arc::new(tls::Handshaker::new(tls));
+    run(listener, Some(handshaker), service, limits, stats, shutdown).await;
+}
+
+async fn run<S, B>(
+    listener: TcpListener,
+    tls: Option<Arc<tls::Handshaker>>,
     service: S,
     limits: ServerLimits,
     stats: ServerStats,
@@ -112,6 +155,7 @@ pub async fn serve<S, B>(
         let registration = registry.insert(conn.clone());
         tracker.spawn(drive(
             shared.clone(),
+            tls.clone(),
             stream,
             service.clone(),
             conn,

@@ -21,6 +21,30 @@ struct Counters {
     idle_closed: AtomicU64,
     header_timeouts: AtomicU64,
     ping_timeouts: AtomicU64,
+    tls: TlsCounters,
+}
+
+/// Which protocol a TLS client chose by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`.
+    H2,
+    /// `http/1.1`.
+    Http1,
+    /// The client offered no ALPN (served as HTTP/1.1).
+    None,
+}
+
+#[derive(Debug, Default)]
+struct TlsCounters {
+    tls12: AtomicU64,
+    tls13: AtomicU64,
+    resumed: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    alpn_h2: AtomicU64,
+    alpn_http1: AtomicU64,
+    alpn_none: AtomicU64,
 }
 
 impl ServerStats {
@@ -71,6 +95,61 @@ impl ServerStats {
     /// HTTP/2 connections closed because a keep-alive ping went unanswered.
     pub fn ping_timeouts(&self) -> u64 {
         self.inner.ping_timeouts.load(Relaxed)
+    }
+
+    /// TLS handshakes completed with TLS 1.2 and with TLS 1.3.
+    pub fn tls_handshakes(&self) -> (u64, u64) {
+        let t = &self.inner.tls;
+        (t.tls12.load(Relaxed), t.tls13.load(Relaxed))
+    }
+
+    /// Completed TLS handshakes that resumed an earlier session (ticket or
+    /// session ID).
+    pub fn tls_resumed(&self) -> u64 {
+        self.inner.tls.resumed.load(Relaxed)
+    }
+
+    /// TLS handshakes the client failed (old protocol version, no shared
+    /// cipher suite, closed mid-way…).
+    pub fn tls_failed(&self) -> u64 {
+        self.inner.tls.failed.load(Relaxed)
+    }
+
+    /// TLS handshakes not finished within the handshake timeout.
+    pub fn tls_timed_out(&self) -> u64 {
+        self.inner.tls.timed_out.load(Relaxed)
+    }
+
+    /// Completed TLS handshakes by the protocol chosen by ALPN.
+    pub fn tls_alpn(&self, alpn: Alpn) -> u64 {
+        let t = &self.inner.tls;
+        match alpn {
+            Alpn::H2 => t.alpn_h2.load(Relaxed),
+            Alpn::Http1 => t.alpn_http1.load(Relaxed),
+            Alpn::None => t.alpn_none.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn count_tls_handshake(&self, tls13: bool, resumed: bool, alpn: Alpn) {
+        let t = &self.inner.tls;
+        if tls13 { &t.tls13 } else { &t.tls12 }.fetch_add(1, Relaxed);
+        if resumed {
+            t.resumed.fetch_add(1, Relaxed);
+        }
+        match alpn {
+            Alpn::H2 => &t.alpn_h2,
+            Alpn::Http1 => &t.alpn_http1,
+            Alpn::None => &t.alpn_none,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_tls_handshake_failed(&self) {
+        self.inner.tls.failed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_tls_handshake_timeout(&self) {
+        self.inner.tls.timed_out.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn opened(&self) {

@@ -2,6 +2,7 @@
 //! (in-process, real socket), on SQLite and on Postgres.
 
 mod sync;
+mod tls;
 
 use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestDb, backends};
 use serde_json::Value;

@@ -5,6 +5,7 @@ mod feed;
 mod flows;
 mod hostile;
 mod openapi;
+mod tls;
 mod uploads;
 
 use gannet_control_api::ApiConfig;

@@ -1,14 +1,17 @@
 //! The gateway's client of the control API: state polls, component
-//! downloads and ACKs, over one keep-alive HTTP client, each with a timeout
-//! and every body read with a size bound.
+//! downloads and ACKs, over one keep-alive HTTP client (HTTPS, or plain
+//! HTTP to loopback: see [`super::trust`]), each with a timeout and every
+//! body read with a size bound.
 
 use super::SyncError;
+use super::trust::{self, TrustError};
 use crate::config::ControlPlane;
 use bytes::Bytes;
 use gannet_model::Sha256Digest;
 use gannet_model::snapshot::{GatewayAck, StateUpdate};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,18 +20,31 @@ use std::time::Duration;
 /// Largest body of an answer to an ACK (a problem document at most).
 const MAX_ACK_ANSWER: usize = 64 << 10;
 
+/// The flag that names the CAs to trust, for error messages.
+const CA_FLAG: &str = "--control-api-ca";
+
 /// The control API as one gateway sees it.
 pub(super) struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub(super) cp: ControlPlane,
 }
 
 impl Api {
-    pub(super) fn new(cp: ControlPlane) -> Api {
-        Api {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+    /// A client for `cp`: its URL checked (https, or http to loopback),
+    /// its certificate verified against `cp.trusted_cas` or the web roots.
+    pub(super) fn new(cp: ControlPlane) -> Result<Api, TrustError> {
+        trust::control_api_url(&cp.url)?;
+        let tls = trust::client_config(cp.trusted_cas.as_deref())?;
+        // HTTP/1.1 only, as over plain HTTP: no ALPN is offered.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Api {
+            client: Client::builder(TokioExecutor::new()).build(connector),
             cp,
-        }
+        })
     }
 
     fn request(
@@ -58,7 +74,10 @@ impl Api {
         tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| SyncError::Api("timed out".into()))?
-            .map_err(|e| SyncError::Api(format!("unreachable: {e}")))
+            .map_err(|e| match trust::tls_failure(&e, CA_FLAG) {
+                Some(why) => SyncError::Tls(why),
+                None => SyncError::Api(format!("unreachable: {}", trust::error_chain(&e))),
+            })
     }
 
     /// Sends `req` and reads the whole answer, at most `max_body` bytes of

@@ -14,10 +14,14 @@
 //!
 //! A gateway restarted while the control API is down boots from the state
 //! directory at once ([`boot_from_disk`]), app by app, and resumes polling
-//! from that revision, downloading nothing it already has.
+//! from that revision, downloading nothing it already has. The same holds
+//! while the control API cannot be trusted (its certificate does not verify,
+//! [`trust`]): the gateway keeps serving what it has and says why it cannot
+//! sync.
 
 mod api;
 pub mod state_dir;
+pub mod trust;
 
 use crate::config::ControlPlane;
 use crate::routes_file::AppSpec;
@@ -101,6 +105,10 @@ pub enum SyncError {
     /// The control API could not be reached or answered badly.
     #[error("control API: {0}")]
     Api(String),
+    /// The TLS handshake with the control API failed: its certificate is
+    /// not trusted, or it does not speak TLS. Says which and what to do.
+    #[error("{0}")]
+    Tls(String),
     /// A downloaded component does not hash to its digest.
     #[error("component {expected}: downloaded bytes hash to {actual}")]
     DigestMismatch {
@@ -403,7 +411,15 @@ fn next_state(current: &Applied, update: StateUpdate) -> Applied {
 /// Follows the control API until `shutdown` fires.
 pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: CancellationToken) {
     let dir = StateDir::new(&cp.state_dir);
-    let api = Api::new(cp);
+    let api = match Api::new(cp) {
+        Ok(api) => api,
+        Err(e) => {
+            // `main` checks the same before starting: only a gateway built
+            // by hand gets here. It serves what it has and does not sync.
+            tracing::error!(error = %e, "cannot follow the control API; serving the current state without syncing");
+            return;
+        }
+    };
     // `served`: what the routing table serves (and is persisted).
     // `desired`: what the control API asks for.
     let mut served = served_at_start(&gateway, &dir);
@@ -431,6 +447,12 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
                         .map_or(0, |d| d.as_secs() as i64),
                 );
                 u
+            }
+            Err(e @ SyncError::Tls(_)) => {
+                // Nothing syncs until an operator fixes the trust: louder.
+                tracing::error!(error = %e, retry_ms = backoff.as_millis() as u64, "state poll failed; keeping the current state");
+                sleep_with_jitter(&mut backoff, &shutdown).await;
+                continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "state poll failed; keeping the current state");

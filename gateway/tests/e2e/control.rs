@@ -2,10 +2,10 @@
 //! database, with one PoP; gateways follow it as real processes. A small
 //! JSON client over real sockets drives it as operators and tenants do.
 
-use crate::harness::{Gateway, Http};
+use crate::harness::{Gateway, Http, component, eventually, shared_cache};
 use bytes::Bytes;
 use gannet_control_api::desired_state::Scope;
-use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestApi, TestDb};
+use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestApi, TestCa, TestCert, TestDb};
 use gannet_model::Sha256Digest;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -25,6 +25,18 @@ impl Platform {
     pub async fn start() -> Platform {
         let db = TestDb::new(Backend::Sqlite).await;
         let api = TestApi::start(&db).await;
+        Self::with_pop(db, api).await
+    }
+
+    /// [`Platform::start`], the API also serving HTTPS with `cert` on
+    /// `api.https_url()` (the test drives it over plain HTTP).
+    pub async fn start_https(cert: &TestCert) -> Platform {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let api = TestApi::start_tls(&db, cert).await;
+        Self::with_pop(db, api).await
+    }
+
+    async fn with_pop(db: TestDb, api: TestApi) -> Platform {
         let mut p = Platform {
             api,
             node_token: String::new(),
@@ -214,4 +226,171 @@ pub fn live(status: &Value) -> bool {
 /// The one gateway's entry in an app's status.
 pub fn gateway0(status: &Value) -> &Value {
     &status["gateways"][0]
+}
+
+// ---------------------------------------------------------------------------
+// The control-plane link over TLS: node tokens never cross plain HTTP, and
+// a control API whose certificate does not verify is not followed, while
+// the gateway keeps serving what it has.
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(component(name)).unwrap()
+}
+
+async fn body(gw: &Gateway, host: &str) -> (u16, String) {
+    let r = Http::h1().get(gw.addr, host, "/").await;
+    (r.status, r.text())
+}
+
+/// Waits until `host` answers `want` on `gw`.
+async fn serves(gw: &Gateway, host: &str, want: &str) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        body(gw, host).await == (200, want.to_string())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_follows_an_https_control_api_with_its_ca_and_keeps_its_state_when_it_cannot_trust_it()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Gannet control-plane CA");
+    let wrong = TestCa::new("Someone else's CA");
+    let p = Platform::start_https(&ca.issue(&["localhost", "127.0.0.1"])).await;
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let wrong_file = wrong.write(dir.path(), "wrong-ca.pem");
+    let (state, cache) = (dir.path().join("state"), shared_cache());
+    let https = p.api.https_url();
+    let host = "shop-acme.localhost";
+    let acme = p.tenant("acme", json!({})).await;
+    p.app(&acme, "shop").await;
+    p.deploy(&acme, "shop", example("hello"), "env=GREETING%3Dv1")
+        .await;
+    let follow = |ca: &Path| {
+        let ca = ca.to_str().unwrap().to_string();
+        Gateway::follow(
+            &https,
+            POP,
+            &p.node_token,
+            &state,
+            &cache,
+            &["--control-api-ca", ca.as_str()],
+        )
+    };
+
+    // Trusting the control API's CA: the state, the component download and
+    // the ACK all cross TLS.
+    let gw = follow(ca_file.as_path());
+    assert!(serves(&gw, host, "v1, world\n").await, "{}", gw.log_text());
+    p.wait_status(&acme, "shop", Duration::from_secs(30), live)
+        .await;
+    assert!(!gw.log_text().contains("not trusted"), "{}", gw.log_text());
+    drop(gw);
+
+    // Restarted on the same state directory trusting another CA, or only
+    // the public roots: it serves its last state from disk, says why it
+    // cannot sync, and takes no new version.
+    p.deploy(&acme, "shop", example("hello"), "env=GREETING%3Dv2")
+        .await;
+    for trusted in [Some(wrong_file.as_path()), None] {
+        let gw = match trusted {
+            Some(ca) => follow(ca),
+            None => Gateway::follow(&https, POP, &p.node_token, &state, &cache, &[]),
+        };
+        assert_eq!(body(&gw, host).await, (200, "v1, world\n".to_string()));
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                gw.log_text()
+                    .contains("control API certificate not trusted")
+            })
+            .await,
+            "{}",
+            gw.log_text()
+        );
+        let logs = gw.log_text();
+        assert!(
+            logs.contains("UnknownIssuer") && logs.contains("--control-api-ca"),
+            "{logs}"
+        );
+        assert!(logs.contains("keeping the current state"), "{logs}");
+        // Polls keep failing; the last state keeps serving, and the gateway
+        // stays ready.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(body(&gw, host).await, (200, "v1, world\n".to_string()));
+        assert_eq!(gw.admin_get("/readyz").await.0, 200);
+        assert_eq!(gw.metric("gannet_sync_downloads_total").await, 0.0);
+        drop(gw);
+    }
+    let status = p.status(&acme, "shop").await;
+    assert_eq!(gateway0(&status)["version"], 1, "{status:#}");
+
+    // Trusting the right CA again, it catches up.
+    let gw = follow(ca_file.as_path());
+    assert!(serves(&gw, host, "v2, world\n").await, "{}", gw.log_text());
+    p.wait_status(&acme, "shop", Duration::from_secs(30), live)
+        .await;
+}
+
+#[test]
+fn plain_http_to_a_remote_control_api_and_unusable_ca_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let ca = TestCa::new("Gannet control-plane CA").write(dir.path(), "ca.pem");
+    let missing = dir.path().join("missing.pem");
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("http://192.0.2.10:7070", vec![], "refusing control API URL"),
+        ("http://api.example.com", vec![], "use https://"),
+        ("http://0.0.0.0:7070", vec![], "refusing control API URL"),
+        ("http://localhost.example.com:7070", vec![], "refusing"),
+        ("ftp://127.0.0.1:7070", vec![], "control API URL"),
+        ("127.0.0.1:7070", vec![], "control API URL"),
+        (
+            "https://127.0.0.1:7443",
+            vec!["--control-api-ca".into(), garbage.display().to_string()],
+            "holds no certificate",
+        ),
+        (
+            "https://127.0.0.1:7443",
+            vec!["--control-api-ca".into(), missing.display().to_string()],
+            "reading the CA certificates",
+        ),
+    ];
+    for (url, extra, want) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
+            .args(["--control-api", url, "--pop", POP, "--node-token", "gnt_x"])
+            .args(&extra)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url} {extra:?}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{url}: wanted {want:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+    // A loopback http:// URL and a usable CA file pass the checks: the
+    // gateway starts (and is stopped at once).
+    for (url, extra) in [
+        ("http://127.0.0.1:9", vec![]),
+        ("http://[::1]:9", vec![]),
+        (
+            "https://127.0.0.1:9",
+            vec!["--control-api-ca".to_string(), ca.display().to_string()],
+        ),
+    ] {
+        let gw = Gateway::follow(
+            url,
+            POP,
+            "gnt_x",
+            &dir.path().join("state"),
+            &dir.path().join("cache"),
+            &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(!gw.log_text().contains("refusing"), "{}", gw.log_text());
+    }
 }

@@ -76,6 +76,8 @@ pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when started with `--tls-listen`.
+    pub tls: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
 }
@@ -128,8 +130,11 @@ impl Gateway {
     }
 
     /// Runs the binary on loopback port 0 with `args`, and waits until both
-    /// listeners are up.
+    /// listeners are up (and the HTTPS one, with `--tls-listen`).
     fn spawn(args: Vec<std::ffi::OsString>, dir: tempfile::TempDir) -> Gateway {
+        let want_tls = args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--tls-listen"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--pool-instances", "64", "--drain-timeout-secs", "10"])
@@ -148,6 +153,8 @@ impl Gateway {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("listening on http://") {
                     let _ = tx.send(("public", a.parse::<SocketAddr>().unwrap()));
+                } else if let Some(a) = line.strip_prefix("listening on https://") {
+                    let _ = tx.send(("tls", a.parse::<SocketAddr>().unwrap()));
                 } else if let Some(a) = line.strip_prefix("admin listening on http://") {
                     let _ = tx.send(("admin", a.parse::<SocketAddr>().unwrap()));
                 }
@@ -156,11 +163,13 @@ impl Gateway {
         });
         let mut addr = None;
         let mut admin = None;
+        let mut tls = None;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while addr.is_none() || admin.is_none() {
+        while addr.is_none() || admin.is_none() || (want_tls && tls.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("public", a)) => addr = Some(a),
+                Ok(("tls", a)) => tls = Some(a),
                 Ok((_, a)) => admin = Some(a),
                 Err(_) => {
                     let _ = child.kill();
@@ -175,6 +184,7 @@ impl Gateway {
             child,
             addr: addr.unwrap(),
             admin: admin.unwrap(),
+            tls,
             logs,
             dir,
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests of `gannet-gateway`: the real binary, real example
 //! components, real sockets. One test binary for the crate.
 
+mod certs;
 mod control;
 mod harness;
 
@@ -12,3 +13,4 @@ mod lifecycle;
 mod limits;
 mod outbound;
 mod routing;
+mod tls;

@@ -1,7 +1,7 @@
 //! echo: returns the request body streamed back, with the method, the path and
-//! every request header reflected as `x-echo-*` response headers.
+//! scheme and every request header reflected as `x-echo-*` response headers.
 use wasi::exports::http::incoming_handler::Guest;
-use wasi::http::types::{IncomingRequest, Method, OutgoingBody, ResponseOutparam};
+use wasi::http::types::{IncomingRequest, Method, OutgoingBody, ResponseOutparam, Scheme};
 
 struct Echo;
 
@@ -24,9 +24,16 @@ impl Guest for Echo {
     fn handle(req: IncomingRequest, out: ResponseOutparam) {
         let method = method_name(&req.method());
         let path = req.path_with_query().unwrap_or_default();
+        let scheme = match req.scheme() {
+            Some(Scheme::Http) => "http".to_string(),
+            Some(Scheme::Https) => "https".to_string(),
+            Some(Scheme::Other(s)) => s,
+            None => "none".to_string(),
+        };
         let mut headers: Vec<(String, String)> = vec![
             ("x-echo-method".into(), method),
             ("x-echo-path".into(), path),
+            ("x-echo-scheme".into(), scheme),
         ];
         for (name, value) in req.headers().entries() {
             if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
