@@ -155,13 +155,27 @@ pub struct DevArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainsCommand {
-    /// Add a hostname.
+    /// Add a hostname to an app, with its own certificate if given; for a
+    /// hostname the app already has, replace its certificate.
     Add {
         /// The hostname.
         hostname: String,
         /// The app.
         #[arg(long)]
         app: String,
+        /// PEM certificate chain for the hostname, leaf first.
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// PEM private key of --cert (sent to the control API, stored
+        /// encrypted, never shown again).
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
+    },
+    /// List your custom hostnames and their certificates.
+    List {
+        /// Only this app's.
+        #[arg(long)]
+        app: Option<String>,
     },
     /// Remove a hostname.
     Remove {

@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use gannet_model::ByteSize;
 use gannet_model::api::{
-    AddDomain, App, AuditEntry, CreateApp, CreateTenant, QuotaPatch, Rollback, Tenant,
-    TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
+    AddDomain, App, AuditEntry, CertificateUpload, CreateApp, CreateTenant, Domain, QuotaPatch,
+    Rollback, Tenant, TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -23,6 +23,62 @@ use serde::Serialize;
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// Reads a PEM file to send, saying which one could not be read.
+fn read_pem(path: &std::path::Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} from {}", path.display()))
+}
+
+/// The domains as a table: hostname, app, certificate issuer and expiry.
+fn print_domains(domains: &[Domain]) {
+    println!(
+        "{:<32} {:<16} {:<8} {:<26} {:<32} ISSUER",
+        "HOSTNAME", "APP", "CERT", "EXPIRES", "NAMES"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for d in domains {
+        let (kind, expires, names, issuer) = match &d.certificate {
+            Some(c) => (
+                c.kind.as_str(),
+                expiry(c.not_after, now),
+                c.names.join(","),
+                c.issuer.as_str(),
+            ),
+            None => ("platform", "-".to_string(), "-".to_string(), "-"),
+        };
+        println!(
+            "{:<32} {:<16} {:<8} {:<26} {:<32} {}",
+            d.hostname, d.app, kind, expires, names, issuer
+        );
+    }
+}
+
+/// `2027-02-22 (in 89 days)` or `2026-01-01 (expired)`.
+fn expiry(not_after: i64, now: i64) -> String {
+    let date = civil_date(not_after);
+    if not_after <= now {
+        return format!("{date} (expired)");
+    }
+    format!("{date} (in {} days)", (not_after - now) / 86_400)
+}
+
+/// The UTC calendar date of unix time `secs` (Howard Hinnant's
+/// days-to-civil algorithm).
+fn civil_date(secs: i64) -> String {
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn when(ms: i64) -> String {
@@ -126,19 +182,48 @@ pub async fn run(cli: Cli) -> Result<()> {
                 a.active_version.unwrap_or(0)
             );
         }
-        Command::Domains(DomainsCommand::Add { hostname, app }) => {
+        Command::Domains(DomainsCommand::Add {
+            hostname,
+            app,
+            cert,
+            key,
+        }) => {
+            let certificate = match (cert, key) {
+                (Some(cert), Some(key)) => Some(CertificateUpload {
+                    cert_pem: read_pem(&cert, "certificate")?,
+                    key_pem: read_pem(&key, "private key")?,
+                }),
+                _ => None,
+            };
+            let with_cert = certificate.is_some();
             let a: App = client
                 .post(
                     &format!("/v1/apps/{app}/domains"),
                     &AddDomain {
                         hostname: hostname.clone(),
+                        certificate,
                     },
                 )
                 .await?;
             if json {
                 return print_json(&a);
             }
-            println!("{hostname} now serves {}", a.name);
+            if with_cert {
+                println!("{hostname} now serves {} with its own certificate", a.name);
+            } else {
+                println!("{hostname} now serves {}", a.name);
+            }
+        }
+        Command::Domains(DomainsCommand::List { app }) => {
+            let path = match &app {
+                Some(app) => format!("/v1/apps/{app}/domains"),
+                None => "/v1/domains".to_string(),
+            };
+            let domains: Vec<Domain> = client.get(&path).await?;
+            if json {
+                return print_json(&domains);
+            }
+            print_domains(&domains);
         }
         Command::Domains(DomainsCommand::Remove { hostname, app }) => {
             client
@@ -657,4 +742,15 @@ async fn tenants(client: &Client, cmd: TenantsCommand, json: bool) -> Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), "1970-01-01");
+        assert_eq!(super::civil_date(951_782_400), "2000-02-29");
+        assert_eq!(super::civil_date(2_208_988_800), "2040-01-01");
+        assert_eq!(super::civil_date(-86_400), "1969-12-31");
+    }
 }

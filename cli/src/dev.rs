@@ -87,6 +87,12 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
         operator_token: Some(operator_token.clone()),
         rate_limit_per_sec: 0.0,
         tenant_rate_limit: 0,
+        // dev makes its own master key (0600) and keeps it with its state,
+        // so stored certificate keys open again after a restart.
+        master_key: Some(
+            gannet_control_api::master_key::MasterKey::load_or_create(&state.join("master.key"))
+                .context("the dev master key")?,
+        ),
         // Compiles run in a bounded child process of this binary (`gannet`
         // dispatches `__compile-worker` first thing in main).
         ..ApiConfig::default()

@@ -34,6 +34,11 @@ pub struct ApiConfig {
     pub server: gannet_server::ServerLimits,
     /// Fault points armed for tests (none by default).
     pub faults: crate::fault::Faults,
+    /// Seals the private keys of tenants' certificates at rest. The binary
+    /// refuses to start without one; in-process users (tests, `gannet dev`)
+    /// pass one. Without it, uploading a certificate is refused (503
+    /// `certificates-unavailable`) and plain custom hostnames still work.
+    pub master_key: Option<crate::master_key::MasterKey>,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +56,7 @@ impl Default for ApiConfig {
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
             faults: crate::fault::Faults::default(),
             server: gannet_server::ServerLimits::default(),
+            master_key: None,
         }
     }
 }

@@ -24,7 +24,9 @@
 //! own pollers.
 
 use crate::store::{Dialect, Store, now_ms};
-use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
+use gannet_model::snapshot::{
+    AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+};
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -303,7 +305,12 @@ impl Store {
     }
 
     /// Every app with an active version, as gateways serve it; or only those
-    /// with ids in `only`. Four queries, however many apps.
+    /// with ids in `only`. Five queries, however many apps.
+    ///
+    /// Certificates come with their private keys opened with the master
+    /// key: this is for gateways only. A key the master key does not open
+    /// (a wrong master key) is logged with its hostname and left out: the
+    /// gateways then serve the platform's certificate for that hostname.
     pub async fn deployed_apps(&self, only: Option<&[i64]>) -> DbResult<Vec<(i64, DeployedApp)>> {
         let filter = |column: &str| match only {
             Some(ids) => format!(" WHERE {column} IN ({})", placeholders(1, ids.len())),
@@ -328,6 +335,11 @@ impl Store {
             "SELECT DISTINCT app_id, digest FROM versions{} ORDER BY app_id, digest",
             filter("app_id")
         );
+        let certificates_sql = format!(
+            "SELECT h.app_id, c.hostname, c.cert_pem, c.key_sealed FROM certificates c \
+             JOIN hostnames h ON h.hostname = c.hostname{} ORDER BY h.app_id, c.hostname",
+            filter("h.app_id")
+        );
         let rows = bind_ids(sqlx::query(&apps_sql), ids)
             .fetch_all(self.pool())
             .await?;
@@ -350,6 +362,35 @@ impl Store {
                 .entry(r.try_get("app_id")?)
                 .or_default()
                 .push(r.try_get("digest")?);
+        }
+        let mut certificates: HashMap<i64, Vec<HostCertificate>> = HashMap::new();
+        for r in bind_ids(sqlx::query(&certificates_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let hostname: String = r.try_get("hostname")?;
+            let sealed: Vec<u8> = r.try_get("key_sealed")?;
+            let key_pem = match self.open_certificate_key(&hostname, &sealed) {
+                Ok(key_pem) => key_pem,
+                Err(e) => {
+                    tracing::error!(
+                        %hostname,
+                        error = %e,
+                        "the private key of this hostname's certificate does not open with the master key; \
+                         leaving the certificate out (gateways serve the platform's for it): \
+                         start the control API with the master key it was stored with, or upload the certificate again"
+                    );
+                    continue;
+                }
+            };
+            certificates
+                .entry(r.try_get("app_id")?)
+                .or_default()
+                .push(HostCertificate {
+                    hostname,
+                    cert_pem: r.try_get("cert_pem")?,
+                    key_pem,
+                });
         }
         let bad = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
         let digest = |d: &str| {
@@ -385,6 +426,7 @@ impl Store {
                     outbound: serde_json::from_str(&r.try_get::<String, _>("outbound_json")?)
                         .map_err(bad)?,
                     retain,
+                    certificates: certificates.remove(&app_id).unwrap_or_default(),
                 },
             ));
         }

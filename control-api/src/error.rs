@@ -15,10 +15,12 @@
 //! | `invalid-component` (not wasm, core module, malformed, no handler, does not compile) | 422 |
 //! | `unsupported-imports` (with `refused_imports`) | 422 |
 //! | `compile-limit-exceeded` (compiling took longer, or more CPU time or memory, than allowed) | 422 |
+//! | `invalid-certificate` (a domain's certificate or key cannot be served: what to fix in the detail) | 422 |
 //! | `rate-limited` (per token, or per tenant across its tokens and replicas; with `Retry-After`) | 429 |
 //! | `too-many-uploads` (the tenant's uploads in progress at once; with `Retry-After`) | 429 |
 //! | `internal` | 500 |
 //! | `compiler-busy` (every compile slot and queue place taken; with `Retry-After`) | 503 |
+//! | `certificates-unavailable` (the API runs without a master key, so it cannot store private keys) | 503 |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -85,6 +87,14 @@ pub enum ApiError {
     /// Compiling the upload passed its time, CPU or memory bound.
     #[error("{0}")]
     CompileLimit(String),
+    /// A domain's certificate or key cannot be served.
+    #[error("{0}")]
+    Certificate(crate::certificate::CertificateRefused),
+    /// The API has no master key, so it cannot store private keys.
+    #[error(
+        "this control API has no master key, so it cannot store certificates' private keys: the operator must start it with --master-key-file or GANNET_MASTER_KEY"
+    )]
+    NoMasterKey,
     /// Anything else.
     #[error("internal error")]
     Internal(String),
@@ -143,6 +153,16 @@ impl ApiError {
                 "compile-limit-exceeded",
                 "Compile limit exceeded",
             ),
+            ApiError::Certificate(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-certificate",
+                "Invalid certificate",
+            ),
+            ApiError::NoMasterKey => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "certificates-unavailable",
+                "Certificates unavailable",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -190,6 +210,8 @@ impl From<crate::store::WriteError> for ApiError {
         use crate::store::WriteError;
         match e {
             WriteError::Quota(m) => ApiError::Quota(m),
+            WriteError::HostnameTaken(m) => ApiError::Conflict(m),
+            WriteError::NoMasterKey => ApiError::NoMasterKey,
             WriteError::Db(e) => e.into(),
             e => ApiError::Internal(e.to_string()),
         }

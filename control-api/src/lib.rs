@@ -10,12 +10,15 @@
 //! - [`auth`]: tokens, the `TenantAuth`/`AdminAuth` extractors and the rate
 //!   limits (per token in memory, per tenant in the database);
 //! - [`error`]: `ApiError` → `application/problem+json`;
+//! - [`certificate`]: the checks a tenant's own certificate passes;
+//! - [`master_key`]: the operator's key that seals private keys at rest;
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //!
 //! It never runs guests; it only validates them with the runtime crate.
 
 pub mod auth;
 pub mod blob;
+pub mod certificate;
 pub mod compile;
 pub mod compile_gate;
 pub mod compile_worker;
@@ -24,6 +27,7 @@ pub mod desired_state;
 pub mod error;
 pub mod extract;
 pub mod fault;
+pub mod master_key;
 pub mod openapi;
 pub mod routes;
 pub mod store;
@@ -73,14 +77,18 @@ pub struct Built {
 }
 
 impl AppState {
-    /// Connects and migrates the database, opens the blob store, sets up
-    /// the compiler (probing its worker executable, or building the
-    /// in-process validation runtime), and makes sure an operator token
-    /// exists (taking `config.operator_token` or creating one).
+    /// Connects and migrates the database, checks the master key opens the
+    /// stored private keys (refusing to start if it opens none of them),
+    /// opens the blob store, sets up the compiler (probing its worker
+    /// executable, or building the in-process validation runtime), and
+    /// makes sure an operator token exists (taking `config.operator_token`
+    /// or creating one).
     pub async fn build(config: ApiConfig) -> anyhow::Result<Built> {
         let store = Store::connect(&config.database_url)
             .await?
-            .with_faults(config.faults.clone());
+            .with_faults(config.faults.clone())
+            .with_master_key(config.master_key.clone());
+        check_master_key(&store).await?;
         let blobs: Arc<dyn BlobStore> = match store.dialect() {
             Dialect::Postgres => Arc::new(DbBlobs::new(store.pool().clone())),
             Dialect::Sqlite => Arc::new(LocalBlobs::open(&config.data_dir.join("blobs"))?),
@@ -131,6 +139,34 @@ impl AppState {
             bootstrap_token,
         })
     }
+}
+
+/// Refuses a master key that opens none of the stored private keys (the
+/// wrong key: gateways would lose every tenant's certificate); logs the
+/// hostnames of keys it does not open, and warns when there is no key.
+async fn check_master_key(store: &Store) -> anyhow::Result<()> {
+    let check = store.check_certificate_keys().await?;
+    if store.master_key().is_none() {
+        tracing::warn!(
+            stored_certificates = check.failed.len(),
+            "no master key: tenants cannot upload certificates, and stored ones are not sent to gateways"
+        );
+        return Ok(());
+    }
+    if check.opened == 0 && !check.failed.is_empty() {
+        anyhow::bail!(
+            "the master key opens none of the {} stored certificate keys (the first is {}'s): start with the master key they were stored with",
+            check.failed.len(),
+            check.failed[0]
+        );
+    }
+    for hostname in &check.failed {
+        tracing::error!(
+            %hostname,
+            "the master key does not open this hostname's stored certificate key; its certificate is left out until it is uploaded again"
+        );
+    }
+    Ok(())
 }
 
 /// The whole API as a router (tests call it without a socket).

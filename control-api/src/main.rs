@@ -1,8 +1,12 @@
 //! `gannet-control-api`: parse arguments, build, print the bootstrap token
 //! once, serve until SIGTERM/SIGINT.
 //!
-//!     gannet-control-api --listen 127.0.0.1:7070 [--database-url sqlite://./gannet.db | postgres://…] [--data-dir ./data]
+//!     gannet-control-api --listen 127.0.0.1:7070 --master-key-file master.key
+//!                        [--database-url sqlite://./gannet.db | postgres://…] [--data-dir ./data]
 //!                        [--tls-cert cert.pem --tls-key key.pem]
+//!
+//! A master key is required (`--master-key-file`, or the key itself in
+//! `GANNET_MASTER_KEY`): it seals tenants' private keys in the database.
 //!
 //! With `--tls-cert`/`--tls-key` it serves HTTPS, and SIGHUP reloads the
 //! pair (a pair that cannot be used is logged with its reason and the
@@ -12,6 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use gannet_control_api::compile::{CompileConfig, CompileIsolation};
 use gannet_control_api::compile_worker::WorkerLimits;
+use gannet_control_api::master_key::MasterKey;
 use gannet_control_api::{ApiConfig, AppState, serve, serve_tls};
 use gannet_model::ByteSize;
 use gannet_server::tls::{ReloadableCert, read_certified_key, server_config};
@@ -38,6 +43,13 @@ struct Args {
     /// Apps get `<app>-<tenant>.<platform-domain>`.
     #[arg(long, env = "GANNET_PLATFORM_DOMAIN", default_value = "localhost")]
     platform_domain: String,
+    /// File holding the master key that seals tenants' private keys in the
+    /// database: 64 hex characters or the base64 of 32 random bytes (e.g.
+    /// `head -c 32 /dev/urandom | base64 > master.key`; keep it 0600 and
+    /// backed up: without it stored certificates cannot be served). Or the
+    /// key itself in GANNET_MASTER_KEY. Required.
+    #[arg(long, env = "GANNET_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
     /// An operator token to accept; without it one is created and printed once.
     #[arg(long, env = "GANNET_OPERATOR_TOKEN", hide_env_values = true)]
     operator_token: Option<String>,
@@ -117,6 +129,8 @@ async fn serve_main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything is created or listens.
+    let master_key = master_key(args.master_key_file.as_deref())?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let database_url = args
@@ -135,6 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         compile: compile_config(&args)?,
         faults: gannet_control_api::fault::Faults::from_env().map_err(anyhow::Error::msg)?,
         server: args.server.limits(),
+        master_key: Some(master_key),
         ..ApiConfig::default()
     };
     // A certificate that cannot be served stops the start, before anything
@@ -182,6 +197,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => serve(listener, built.state, shutdown).await?,
     }
     Ok(())
+}
+
+/// The master key: from `--master-key-file` (which wins), else from
+/// `GANNET_MASTER_KEY`; neither is an error that says how to make one.
+fn master_key(file: Option<&Path>) -> anyhow::Result<MasterKey> {
+    if let Some(path) = file {
+        return MasterKey::from_file(path)
+            .with_context(|| format!("loading the master key from {}", path.display()));
+    }
+    match std::env::var("GANNET_MASTER_KEY") {
+        Ok(value) => MasterKey::parse(&value).context("reading GANNET_MASTER_KEY"),
+        Err(std::env::VarError::NotPresent) => anyhow::bail!(
+            "a master key is required: --master-key-file or GANNET_MASTER_KEY (e.g. `head -c 32 /dev/urandom | base64 > master.key`)"
+        ),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!(
+            "GANNET_MASTER_KEY is not text: give 64 hex characters or the base64 of 32 random bytes"
+        ),
+    }
 }
 
 /// Re-reads the certificate and key on every SIGHUP: a pair that loads

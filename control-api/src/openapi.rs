@@ -7,7 +7,9 @@ use crate::desired_state::GatewayState;
 use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
 use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
-use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
+use gannet_model::snapshot::{
+    AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -19,16 +21,18 @@ use utoipa::{Modify, OpenApi};
     paths(
         admin::create_tenant, admin::list_tenants, admin::create_tenant_token,
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
-        apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::remove_domain,
+        apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::list_app_domains,
+        apps::remove_domain, apps::list_domains,
         versions::upload, versions::list, versions::rollback, versions::download,
         pops::create_pop, pops::list_pops, pops::create_gateway, pops::list_gateways, pops::revoke_gateway,
         pops::state, pops::component, pops::ack, pops::app_status,
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
-        CreateApp, App, Version, Rollback, AddDomain, AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
+        CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary,
+        AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
-        AppReport, FailedApp, GatewayState,
+        AppReport, FailedApp, GatewayState, HostCertificate,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -17,11 +17,20 @@
 //!   blob is never deleted under a version that uses it.
 //!
 //! SQLite runs one connection, so its transactions never interleave.
+//!
+//! Private keys of tenants' certificates are stored sealed with the
+//! operator's master key ([`crate::master_key`]), bound to their hostname;
+//! the store seals them on the way in and opens them only for gateways
+//! ([`Store::deployed_apps`]).
 
 use crate::blob::{BlobError, BlobStore};
+use crate::certificate::CheckedCertificate;
 use crate::desired_state::{Scope, append_change};
 use crate::fault::{FaultPoint, Faults};
-use gannet_model::api::{App, AuditEntry, Quotas, Tenant, TokenInfo, Version};
+use crate::master_key::{CryptoError, MasterKey, certificate_key_aad};
+use gannet_model::api::{
+    App, AuditEntry, CertificateSummary, Domain, Quotas, Tenant, TokenInfo, Version,
+};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -56,6 +65,7 @@ pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
     faults: Faults,
+    master_key: Option<MasterKey>,
 }
 
 /// Why a write was refused or failed.
@@ -74,6 +84,61 @@ pub enum WriteError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The hostname is another app's (or the platform's), or this app's
+    /// already and no certificate came to replace its own (what to do, for
+    /// the caller).
+    #[error("{0}")]
+    HostnameTaken(String),
+    /// A certificate came, but there is no master key to seal its key with.
+    #[error("no master key to seal the private key with")]
+    NoMasterKey,
+    /// Sealing the private key failed.
+    #[error("sealing the private key: {0}")]
+    Seal(#[from] CryptoError),
+}
+
+fn hostname_taken(hostname: &str, own: bool) -> String {
+    if own {
+        format!(
+            "the app already has hostname `{hostname}`: add it with a certificate to replace its certificate, or remove it first"
+        )
+    } else {
+        format!("hostname `{hostname}` is already in use")
+    }
+}
+
+/// Why a stored private key could not be opened (the key itself is never
+/// in the message).
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateKeyError {
+    /// The store has no master key.
+    #[error("no master key is configured")]
+    NoMasterKey,
+    /// The master key does not open it.
+    #[error(transparent)]
+    Open(#[from] CryptoError),
+    /// It opened, but is not text.
+    #[error("the opened private key is not text")]
+    NotText,
+}
+
+/// What [`Store::check_certificate_keys`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// Stored private keys the master key opens.
+    pub opened: usize,
+    /// Hostnames whose private key it does not open.
+    pub failed: Vec<String>,
+}
+
+/// What [`Store::add_domain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainWritten {
+    /// The revision that serves it.
+    pub revision: i64,
+    /// Whether the hostname is new to the app (false: its certificate was
+    /// replaced).
+    pub added: bool,
 }
 
 impl WriteError {
@@ -192,7 +257,20 @@ impl Store {
             pool,
             dialect,
             faults: Faults::default(),
+            master_key: None,
         })
+    }
+
+    /// The same store, sealing and opening private keys with `key` (none:
+    /// certificates cannot be added, and stored ones are not sent).
+    pub fn with_master_key(mut self, key: Option<MasterKey>) -> Store {
+        self.master_key = key;
+        self
+    }
+
+    /// The master key, if the store has one.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.master_key.as_ref()
     }
 
     /// The fault points armed for this store (none outside tests).
@@ -561,28 +639,97 @@ impl Store {
         rows.iter().map(|r| r.try_get("hostname")).collect()
     }
 
-    /// Adds a custom hostname to an app; returns the revision that serves it.
-    pub async fn add_hostname(&self, app_id: i64, hostname: &str) -> Result<i64, WriteError> {
+    /// Adds custom hostname `hostname` to an app, with the tenant's own
+    /// certificate if one is given, in one transaction with its feed row.
+    /// A hostname the app already has takes a new certificate (a rotation:
+    /// the certificate is replaced, and the change goes to the feed); without
+    /// one it is [`WriteError::HostnameTaken`], as is any other app's or the
+    /// platform's hostname. The private key is sealed with the master key,
+    /// bound to the hostname, before the transaction starts.
+    pub async fn add_domain(
+        &self,
+        app_id: i64,
+        hostname: &str,
+        certificate: Option<&CheckedCertificate>,
+    ) -> Result<DomainWritten, WriteError> {
+        let sealed = match certificate {
+            Some(c) => {
+                let key = self.master_key.as_ref().ok_or(WriteError::NoMasterKey)?;
+                Some((
+                    c,
+                    key.seal(c.key_pem().as_bytes(), &certificate_key_aad(hostname))?,
+                ))
+            }
+            None => None,
+        };
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
+        // Locks the hostname's row, if there is one, until commit (a no-op
+        // update: portable), so a removal cannot interleave with a rotation.
+        let existing = sqlx::query(
+            "UPDATE hostnames SET created_ms = created_ms WHERE hostname = $1 RETURNING app_id, kind",
+        )
+        .bind(hostname)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let added = match existing {
+            None => {
+                // A unique violation here: added by someone else meanwhile.
+                sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
+                    .bind(hostname)
+                    .bind(app_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                true
+            }
+            Some(row) => {
+                let owner: i64 = row.try_get("app_id")?;
+                let kind: String = row.try_get("kind")?;
+                let own = owner == app_id && kind == "custom";
+                if !own || sealed.is_none() {
+                    return Err(WriteError::HostnameTaken(hostname_taken(hostname, own)));
+                }
+                false
+            }
+        };
+        if let Some((c, key_sealed)) = sealed {
+            let info = c.info();
+            sqlx::query(
+                "INSERT INTO certificates (hostname, kind, cert_pem, key_sealed, issuer, names_json, not_before, not_after, updated_ms) \
+                 VALUES ($1, 'custom', $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (hostname) DO UPDATE SET kind = excluded.kind, cert_pem = excluded.cert_pem, \
+                 key_sealed = excluded.key_sealed, issuer = excluded.issuer, names_json = excluded.names_json, \
+                 not_before = excluded.not_before, not_after = excluded.not_after, updated_ms = excluded.updated_ms",
+            )
             .bind(hostname)
-            .bind(app_id)
-            .bind(now_ms())
+            .bind(c.cert_pem())
+            .bind(key_sealed)
+            .bind(info.issuer.as_str())
+            .bind(to_json(&info.names))
+            .bind(info.not_before)
+            .bind(info.not_after)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
+        }
         let revision = self.append_change(&mut tx, app_id).await?;
         tx.commit().await?;
-        Ok(revision)
+        Ok(DomainWritten { revision, added })
     }
 
-    /// Removes a custom hostname; the revision that stops serving it, or
-    /// `None` if the app has no such one.
+    /// Removes a custom hostname and its certificate; the revision that
+    /// stops serving it, or `None` if the app has no such one.
     pub async fn remove_hostname(
         &self,
         app_id: i64,
         hostname: &str,
     ) -> Result<Option<i64>, WriteError> {
         let mut tx = self.pool.begin().await?;
+        // The hostname's row first, then its certificate's: the order
+        // `add_domain` locks them in (so the two cannot deadlock). Its
+        // foreign key cascades the certificate where foreign keys are
+        // enforced; the explicit delete covers the rest.
         let done = sqlx::query(
             "DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2 AND kind = 'custom'",
         )
@@ -593,9 +740,99 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
+        sqlx::query("DELETE FROM certificates WHERE hostname = $1")
+            .bind(hostname)
+            .execute(&mut *tx)
+            .await?;
         let revision = self.append_change(&mut tx, app_id).await?;
         tx.commit().await?;
         Ok(Some(revision))
+    }
+
+    /// The tenant's custom hostnames (of one app, with `app_id`), by app
+    /// and hostname, each with what its certificate says (never its key).
+    pub async fn list_domains(
+        &self,
+        tenant_id: i64,
+        app_id: Option<i64>,
+    ) -> Result<Vec<Domain>, sqlx::Error> {
+        let one_app = if app_id.is_some() {
+            " AND a.id = $2"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT h.hostname, a.name AS app, h.created_ms, c.kind AS cert_kind, c.issuer, c.names_json, \
+             c.not_before, c.not_after, c.updated_ms \
+             FROM hostnames h JOIN apps a ON a.id = h.app_id LEFT JOIN certificates c ON c.hostname = h.hostname \
+             WHERE a.tenant_id = $1 AND h.kind = 'custom'{one_app} ORDER BY a.name, h.hostname"
+        );
+        let mut query = sqlx::query(&sql).bind(tenant_id);
+        if let Some(id) = app_id {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let certificate = match r.try_get::<Option<String>, _>("cert_kind")? {
+                    None => None,
+                    Some(kind) => Some(CertificateSummary {
+                        kind,
+                        issuer: r
+                            .try_get::<Option<String>, _>("issuer")?
+                            .unwrap_or_default(),
+                        names: serde_json::from_str(
+                            &r.try_get::<Option<String>, _>("names_json")?
+                                .unwrap_or_default(),
+                        )
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                        not_before: r.try_get::<Option<i64>, _>("not_before")?.unwrap_or(0),
+                        not_after: r.try_get::<Option<i64>, _>("not_after")?.unwrap_or(0),
+                        updated_ms: r.try_get::<Option<i64>, _>("updated_ms")?.unwrap_or(0),
+                    }),
+                };
+                Ok(Domain {
+                    hostname: r.try_get("hostname")?,
+                    app: r.try_get("app")?,
+                    certificate,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Opens the sealed private key of `hostname`'s certificate with the
+    /// master key, as PEM.
+    pub fn open_certificate_key(
+        &self,
+        hostname: &str,
+        sealed: &[u8],
+    ) -> Result<String, CertificateKeyError> {
+        let key = self
+            .master_key
+            .as_ref()
+            .ok_or(CertificateKeyError::NoMasterKey)?;
+        let plain = key.open(sealed, &certificate_key_aad(hostname))?;
+        String::from_utf8(plain).map_err(|_| CertificateKeyError::NotText)
+    }
+
+    /// Tries the master key on every stored private key (at start: a wrong
+    /// key is found before gateways lose their certificates). Without a
+    /// master key, every stored key fails.
+    pub async fn check_certificate_keys(&self) -> Result<KeyCheck, sqlx::Error> {
+        let rows = sqlx::query("SELECT hostname, key_sealed FROM certificates ORDER BY hostname")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut check = KeyCheck::default();
+        for r in rows {
+            let hostname: String = r.try_get("hostname")?;
+            let sealed: Vec<u8> = r.try_get("key_sealed")?;
+            match self.open_certificate_key(&hostname, &sealed) {
+                Ok(_) => check.opened += 1,
+                Err(_) => check.failed.push(hostname),
+            }
+        }
+        Ok(check)
     }
 
     /// Appends the change of `app_id` just written in `tx` to the feed, with

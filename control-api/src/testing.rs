@@ -19,6 +19,17 @@ use tokio_util::sync::CancellationToken;
 /// The operator token the test APIs accept.
 pub const OPERATOR_TOKEN: &str = "gnt_test_operator_token_0123456789";
 
+/// The master key test APIs run with (64 hex characters): in-process ones
+/// get it in their config, and tests that start the `gannet-control-api`
+/// binary pass it as `GANNET_MASTER_KEY`.
+pub const TEST_MASTER_KEY: &str =
+    "67616e6e65742d746573742d6d61737465722d6b65792d33322d627974657321";
+
+/// [`TEST_MASTER_KEY`], parsed.
+pub fn test_master_key() -> crate::master_key::MasterKey {
+    crate::master_key::MasterKey::parse(TEST_MASTER_KEY).expect("TEST_MASTER_KEY parses")
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -133,7 +144,8 @@ impl TestApi {
     /// binary cannot be started as a compile worker. This crate's own tests
     /// set [`crate::compile::CompileIsolation::ChildProcess`] with the
     /// `gannet-control-api` binary (`CARGO_BIN_EXE_gannet-control-api`).
-    /// Rate limits are off unless `tweak` sets them.
+    /// Rate limits are off unless `tweak` sets them. The master key is
+    /// [`TEST_MASTER_KEY`] unless `tweak` changes it.
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ApiConfig)) -> TestApi {
         Self::start_inner(db, None, tweak).await
     }
@@ -166,6 +178,7 @@ impl TestApi {
                 isolation: crate::compile::CompileIsolation::InProcess,
                 ..crate::compile::CompileConfig::default()
             },
+            master_key: Some(test_master_key()),
             ..ApiConfig::default()
         };
         tweak(&mut config);
@@ -257,6 +270,29 @@ impl TestCa {
     /// A server certificate for `names` (DNS names or IP addresses, e.g.
     /// `["localhost", "127.0.0.1"]`), signed by this CA, with a fresh key.
     pub fn issue(&self, names: &[&str]) -> TestCert {
+        self.issue_with(names, |_| {})
+    }
+
+    /// [`TestCa::issue`], valid from `not_before` to `not_after` (UTC
+    /// dates, `(year, month, day)`): a past `not_after` makes an expired
+    /// certificate.
+    pub fn issue_valid(
+        &self,
+        names: &[&str],
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> TestCert {
+        self.issue_with(names, |params| {
+            params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+            params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> TestCert {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).expect("server names");
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -265,6 +301,7 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, "gannet test server");
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        tweak(&mut params);
         let key = rcgen::KeyPair::generate().expect("server key");
         let cert = params
             .signed_by(&key, &self.issuer)

@@ -35,7 +35,7 @@ use crate::invoke::State;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::router::{App, RouteTable};
 use crate::routes_file::{AppSpec, LimitBounds, RoutesError};
-use crate::tls::CertStore;
+use crate::tls::{CertStore, HostCertError};
 use arc_swap::ArcSwap;
 use gannet_model::Sha256Digest;
 use gannet_runtime::fair::{ShareConfig, Shares};
@@ -77,6 +77,15 @@ pub enum GatewayError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// An app's own certificate cannot be served.
+    #[error("app `{app}`: {source}")]
+    Certificate {
+        /// The app.
+        app: String,
+        /// Why.
+        #[source]
+        source: HostCertError,
     },
     /// The TLS certificate or its settings are unusable.
     #[error("TLS: {0}")]
@@ -248,13 +257,22 @@ impl Gateway {
             .map(drop)
     }
 
-    /// Warms every component of `apps`, then installs them in one step: all
-    /// or nothing (a routes file is the operator's, and is taken whole). On
-    /// any error the table in service stays.
+    /// Checks every app's certificates and warms every component of
+    /// `apps`, then installs them in one step: all or nothing (a routes
+    /// file is the operator's, and is taken whole). On any error the table
+    /// in service stays.
     pub async fn apply(
         &self,
         apps: Vec<(AppSpec, Sha256Digest)>,
     ) -> Result<LoadSummary, GatewayError> {
+        for (spec, _) in &apps {
+            self.certs
+                .check_app(&spec.hosts, &spec.certificates, &[])
+                .map_err(|source| GatewayError::Certificate {
+                    app: spec.id.to_string(),
+                    source,
+                })?;
+        }
         let mut distinct = HashMap::new();
         for (spec, digest) in &apps {
             distinct.entry(*digest).or_insert(spec);
@@ -271,9 +289,18 @@ impl Gateway {
     }
 
     /// Swaps in the routing table made of `apps`, whose components were
-    /// prepared. Requests already running keep the table they loaded; the
-    /// metric series of versions (and apps) no longer served are removed.
+    /// prepared (and certificates checked), and with it the tenants'
+    /// certificates those apps bring: certificates first, so that a
+    /// hostname never routes without its certificate. Requests and
+    /// connections already running keep the table and certificate they
+    /// have; the metric series of versions (and apps) no longer served are
+    /// removed.
     pub fn install(&self, apps: Vec<(AppSpec, Sha256Digest)>) -> LoadSummary {
+        let certificates = self.certs.serve_tenants(apps.iter().flat_map(|(spec, _)| {
+            spec.certificates
+                .iter()
+                .map(move |cert| (spec.id.as_str(), cert))
+        }));
         let old = self.state.routes.load_full();
         let components: std::collections::HashSet<Sha256Digest> =
             apps.iter().map(|(_, d)| *d).collect();
@@ -299,6 +326,7 @@ impl Gateway {
         tracing::info!(
             apps = summary.apps,
             components = summary.components,
+            certificates,
             "routing table applied"
         );
         summary

@@ -16,6 +16,7 @@
 //! component file or an out-of-range limit rejects the whole file with a
 //! message that names the problem.
 
+use gannet_model::snapshot::HostCertificate;
 use gannet_model::{AppId, Limits};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +93,9 @@ pub struct AppSpec {
     /// For apps from the control API: `tenant/app` and the version number,
     /// reported back with request counts.
     pub report: Option<(String, u32)>,
+    /// The tenant's own certificates for some of `hosts`, served by SNI
+    /// (apps from the control API; a routes file has none).
+    pub certificates: Vec<HostCertificate>,
 }
 
 /// Bounds a routes file may not exceed.
@@ -193,6 +197,7 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
             limits: app.limits,
             outbound: app.outbound,
             report: None,
+            certificates: Vec::new(),
         });
     }
     Ok(specs)

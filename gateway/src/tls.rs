@@ -11,15 +11,26 @@
 //! SIGHUP ([`CertStore::load_platform`]): a pair that does not parse, does
 //! not match or has expired is refused with its reason and the one in
 //! service stays.
+//!
+//! Tenants' own certificates come with their apps from the control API
+//! ([`HostCertificate`]). A new pair is checked before its app's version is
+//! taken ([`CertStore::check_app`]: it parses, its key matches, it names
+//! its hostname, which is one of the app's, and it has not expired); the
+//! whole set is then replaced with the routing table
+//! ([`CertStore::serve_tenants`], [`CertStore::set_hosts`]). Each distinct
+//! pair is parsed once and kept while it is served. Private keys never
+//! appear in an error, a log line or a `Debug` output.
 
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
-use gannet_server::tls::{CertError, CertInfo, read_certified_key, unix_now};
+use gannet_model::snapshot::HostCertificate;
+use gannet_server::tls::{CertError, CertInfo, certified_key, read_certified_key, unix_now};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A certificate in service, with what it says about itself.
 #[derive(Clone, Debug)]
@@ -34,14 +45,78 @@ impl ServedCert {
     /// Reads `cert` and `key` (PEM), refusing a pair that does not parse,
     /// does not match, or has expired.
     pub fn read(cert: &Path, key: &Path) -> Result<ServedCert, CertError> {
-        let key = read_certified_key(cert, key)?;
+        let served = ServedCert::of(read_certified_key(cert, key)?)?;
+        served.info.check_current(unix_now())?;
+        Ok(served)
+    }
+
+    /// Parses a PEM chain (leaf first) and its PEM private key, refusing a
+    /// pair that does not parse or does not match. Expiry is not checked
+    /// ([`CertInfo::check_current`] does).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServedCert, CertError> {
+        ServedCert::of(certified_key(cert_pem, key_pem)?)
+    }
+
+    fn of(key: CertifiedKey) -> Result<ServedCert, CertError> {
         let info = CertInfo::of(&key)?;
-        info.check_current(unix_now())?;
         Ok(ServedCert {
             key: Arc::new(key),
             info,
         })
     }
+}
+
+/// Why a tenant's certificate for one of its app's hostnames is refused.
+/// The message names the hostname and the fix, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCertError {
+    /// The pair does not parse, its key does not match, or it has expired.
+    #[error("certificate for {hostname}: {source}")]
+    Unusable {
+        /// The hostname it is for.
+        hostname: String,
+        /// Why.
+        #[source]
+        source: CertError,
+    },
+    /// The certificate is for a hostname the app does not serve.
+    #[error("certificate for {hostname}: {hostname} is not one of the app's hostnames")]
+    NotAHost {
+        /// The hostname it is for.
+        hostname: String,
+    },
+    /// The certificate does not name the hostname it is for.
+    #[error("certificate for {hostname}: it is for {names}, not {hostname}")]
+    DoesNotCover {
+        /// The hostname it is for.
+        hostname: String,
+        /// The names it has, comma-separated.
+        names: String,
+    },
+    /// Two certificates for one hostname.
+    #[error("certificate for {hostname}: given twice")]
+    Duplicate {
+        /// The hostname.
+        hostname: String,
+    },
+}
+
+/// A hostname as tables key it: lowercase, no trailing dot.
+fn normalized(hostname: &str) -> String {
+    hostname.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Identifies a PEM pair without keeping it (the key is hashed, not held).
+fn fingerprint(cert: &HostCertificate) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update((cert.cert_pem.len() as u64).to_le_bytes());
+    hash.update(cert.cert_pem.as_bytes());
+    hash.update(cert.key_pem.as_bytes());
+    hash.finalize().into()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The certificates in service at one moment. Built whole and swapped in.
@@ -53,9 +128,36 @@ pub struct CertTable {
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// What everything else gets.
     platform: Option<ServedCert>,
+    /// Tenants' certificates by hostname (`*.example.com` for a wildcard):
+    /// what `exact` and `wildcard` are made of.
+    hosts: Vec<(String, ServedCert)>,
 }
 
 impl CertTable {
+    /// The table serving `platform` to everyone and `hosts` (lowercase
+    /// hostnames, `*.example.com` for one label under `example.com`) by SNI.
+    fn new(platform: Option<ServedCert>, hosts: Vec<(String, ServedCert)>) -> CertTable {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (hostname, cert) in &hosts {
+            match hostname.strip_prefix("*.") {
+                Some(parent) if !parent.is_empty() => {
+                    wildcard.insert(parent.to_string(), cert.key.clone());
+                }
+                Some(_) => {}
+                None => {
+                    exact.insert(hostname.clone(), cert.key.clone());
+                }
+            }
+        }
+        CertTable {
+            exact,
+            wildcard,
+            platform,
+            hosts,
+        }
+    }
+
     /// The certificate for the SNI name `sni` (lowercase), if any.
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
@@ -71,9 +173,20 @@ impl CertTable {
         self.platform.as_ref().map(|p| p.key.clone())
     }
 
-    /// Every certificate in service (for metrics).
-    fn served(&self) -> impl Iterator<Item = &ServedCert> {
-        self.platform.iter()
+    /// Every name served and when its certificate expires (for metrics):
+    /// the platform certificate's names, and each tenant hostname.
+    fn expiries(&self) -> impl Iterator<Item = (&str, i64)> {
+        let platform = self.platform.iter().flat_map(|c| {
+            c.info
+                .names
+                .iter()
+                .map(move |n| (n.as_str(), c.info.not_after))
+        });
+        let tenants = self
+            .hosts
+            .iter()
+            .map(|(hostname, c)| (hostname.as_str(), c.info.not_after));
+        platform.chain(tenants)
     }
 }
 
@@ -81,6 +194,13 @@ impl CertTable {
 pub struct CertStore {
     table: ArcSwap<CertTable>,
     metrics: Arc<Metrics>,
+    /// Tenants' pairs parsed already, by [`fingerprint`]: a pair is parsed
+    /// when first seen, not at every revision. Holds what is served (and
+    /// what was checked since the last [`CertStore::serve_tenants`]).
+    parsed: Mutex<HashMap<[u8; 32], ServedCert>>,
+    /// Serializes writers (the platform certificate's SIGHUP, the tenants'
+    /// sync), so that neither loses the other's change.
+    writing: Mutex<()>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -97,19 +217,33 @@ impl CertStore {
         Arc::new(CertStore {
             table: ArcSwap::from_pointee(CertTable::default()),
             metrics,
+            parsed: Mutex::new(HashMap::new()),
+            writing: Mutex::new(()),
         })
     }
 
     /// Serves `cert` as the platform certificate from the next handshake
     /// on (handshakes and connections under way keep theirs).
     pub fn set_platform(&self, cert: ServedCert) {
-        let old = self.table.load();
-        let table = CertTable {
-            exact: old.exact.clone(),
-            wildcard: old.wildcard.clone(),
-            platform: Some(cert),
-        };
-        self.install(table);
+        let _writing = lock(&self.writing);
+        let hosts = self.table.load().hosts.clone();
+        self.install(CertTable::new(Some(cert), hosts));
+    }
+
+    /// Serves `hosts` (hostname, certificate) as the tenants' certificates
+    /// from the next handshake on, replacing the previous ones whole; the
+    /// platform certificate stays. A hostname `*.example.com` is served for
+    /// one label under `example.com`; names are matched lowercase. Of two
+    /// entries for one hostname the last is served.
+    pub fn set_hosts(&self, hosts: Vec<(String, ServedCert)>) {
+        let by_name: BTreeMap<String, ServedCert> = hosts
+            .into_iter()
+            .map(|(hostname, cert)| (normalized(&hostname), cert))
+            .collect();
+        let hosts: Vec<(String, ServedCert)> = by_name.into_iter().collect();
+        let _writing = lock(&self.writing);
+        let platform = self.table.load().platform.clone();
+        self.install(CertTable::new(platform, hosts));
     }
 
     /// Reads the platform certificate from `files` and serves it; on any
@@ -122,17 +256,106 @@ impl CertStore {
     }
 
     fn install(&self, table: CertTable) {
-        self.metrics.set_cert_expiry(
-            table
-                .served()
-                .flat_map(|c| c.info.names.iter().map(|n| (n.as_str(), c.info.not_after))),
-        );
+        self.metrics.set_cert_expiry(table.expiries());
         self.table.store(Arc::new(table));
     }
 
     /// Whether any certificate is in service.
     pub fn has_platform(&self) -> bool {
         self.table.load().platform.is_some()
+    }
+
+    /// The certificate a handshake sending `sni` (lowercase) gets now.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.table.load().lookup(sni)
+    }
+
+    /// `cert` parsed (once per distinct pair), refusing a pair that does
+    /// not parse or whose key does not match. Expiry is not checked.
+    fn parse_tenant(&self, cert: &HostCertificate) -> Result<ServedCert, CertError> {
+        let print = fingerprint(cert);
+        if let Some(served) = lock(&self.parsed).get(&print) {
+            return Ok(served.clone());
+        }
+        let served = ServedCert::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())?;
+        lock(&self.parsed).insert(print, served.clone());
+        Ok(served)
+    }
+
+    /// Checks an app's certificates before a version of it is taken: each
+    /// for one of its `hosts`, at most one per hostname, and each pair not
+    /// in `served` (the certificates of the app's version in service) one
+    /// that parses, whose key matches, that names its hostname and that has
+    /// not expired. A pair served already is not judged again.
+    pub fn check_app(
+        &self,
+        hosts: &[String],
+        certificates: &[HostCertificate],
+        served: &[HostCertificate],
+    ) -> Result<(), HostCertError> {
+        let hosts: HashSet<String> = hosts.iter().map(|h| normalized(h.as_str())).collect();
+        let mut seen = HashSet::new();
+        for cert in certificates {
+            let hostname = normalized(&cert.hostname);
+            if !hosts.contains(&hostname) {
+                return Err(HostCertError::NotAHost { hostname });
+            }
+            if !seen.insert(hostname.clone()) {
+                return Err(HostCertError::Duplicate { hostname });
+            }
+            if served.contains(cert) {
+                continue;
+            }
+            let parsed = match self.parse_tenant(cert) {
+                Ok(parsed) => parsed,
+                Err(source) => return Err(HostCertError::Unusable { hostname, source }),
+            };
+            if !parsed.info.covers(&hostname) {
+                return Err(HostCertError::DoesNotCover {
+                    names: parsed.info.names.join(", "),
+                    hostname,
+                });
+            }
+            if let Err(source) = parsed.info.check_current(unix_now()) {
+                return Err(HostCertError::Unusable { hostname, source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves `certificates` ((app, certificate) pairs: every certificate
+    /// of the apps now installed) as the tenants' certificates, replacing
+    /// the previous ones whole. Each was checked when its app's version was
+    /// taken ([`CertStore::check_app`]); one that does not parse now (a
+    /// state directory edited by hand) is logged and its hostname gets the
+    /// platform certificate. Pairs no longer served are forgotten. Returns
+    /// how many hostnames have their own certificate.
+    pub fn serve_tenants<'a>(
+        &self,
+        certificates: impl IntoIterator<Item = (&'a str, &'a HostCertificate)>,
+    ) -> usize {
+        let mut hosts = Vec::new();
+        let mut kept = HashSet::new();
+        for (app, cert) in certificates {
+            match self.parse_tenant(cert) {
+                Ok(served) => {
+                    kept.insert(fingerprint(cert));
+                    hosts.push((cert.hostname.clone(), served));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        app,
+                        hostname = %cert.hostname,
+                        error = %e,
+                        "cannot serve this certificate; the hostname gets the platform certificate"
+                    );
+                }
+            }
+        }
+        lock(&self.parsed).retain(|print, _| kept.contains(print));
+        let count = hosts.len();
+        self.set_hosts(hosts);
+        count
     }
 }
 
@@ -181,6 +404,7 @@ mod tests {
                     not_after: 1,
                 },
             }),
+            hosts: Vec::new(),
         };
         let is = |sni, want: &Arc<CertifiedKey>| {
             assert!(Arc::ptr_eq(&table.lookup(sni).unwrap(), want), "{sni:?}");
@@ -197,5 +421,229 @@ mod tests {
                 .lookup(Some("shop.example.com"))
                 .is_none()
         );
+    }
+
+    /// A self-signed certificate for `names` and its key (PEM), valid until
+    /// 1 January of `until`.
+    fn pem_pair(names: &[&str], until: i32) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn host_cert(hostname: &str, pair: &(String, String)) -> HostCertificate {
+        HostCertificate {
+            hostname: hostname.into(),
+            cert_pem: pair.0.clone(),
+            key_pem: pair.1.clone(),
+        }
+    }
+
+    fn served(names: &[&str]) -> ServedCert {
+        let (cert, key) = pem_pair(names, 2100);
+        ServedCert::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()
+    }
+
+    fn store() -> (Arc<CertStore>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        (CertStore::new(metrics.clone()), metrics)
+    }
+
+    /// Whether `store` gives `sni` exactly `want`.
+    fn serves(store: &CertStore, sni: Option<&str>, want: &ServedCert) -> bool {
+        store
+            .lookup(sni)
+            .is_some_and(|key| Arc::ptr_eq(&key, &want.key))
+    }
+
+    #[test]
+    fn set_hosts_serves_exact_then_wildcard_then_platform_and_replaces_the_set_whole() {
+        let (store, metrics) = store();
+        let platform = served(&["*.platform.test"]);
+        store.set_platform(platform.clone());
+        let shop = served(&["shop.example.com"]);
+        let beta = served(&["*.beta.example.org"]);
+        let exact_in_wildcard = served(&["www.beta.example.org"]);
+        store.set_hosts(vec![
+            // Normalized: lowercase, no trailing dot.
+            ("Shop.Example.com.".into(), shop.clone()),
+            ("*.beta.example.org".into(), beta.clone()),
+            ("www.beta.example.org".into(), exact_in_wildcard.clone()),
+        ]);
+        assert!(serves(&store, Some("shop.example.com"), &shop));
+        assert!(serves(&store, Some("x.beta.example.org"), &beta));
+        // An exact name wins over a wildcard.
+        assert!(serves(
+            &store,
+            Some("www.beta.example.org"),
+            &exact_in_wildcard
+        ));
+        // A wildcard covers one label; everything else is the platform's.
+        for sni in [
+            Some("a.b.beta.example.org"),
+            Some("beta.example.org"),
+            Some("example.com"),
+            Some("other.example.com"),
+            None,
+        ] {
+            assert!(serves(&store, sni, &platform), "{sni:?}");
+        }
+        // One expiry series per platform name and per tenant hostname.
+        let text = metrics.render();
+        for name in [
+            "*.platform.test",
+            "shop.example.com",
+            "*.beta.example.org",
+            "www.beta.example.org",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "gannet_tls_cert_expiry_timestamp_seconds{{name=\"{name}\"}}"
+                )),
+                "{name}: {text}"
+            );
+        }
+
+        // Replaced whole: a new pair for shop, beta gone.
+        let shop2 = served(&["shop.example.com"]);
+        store.set_hosts(vec![("shop.example.com".into(), shop2.clone())]);
+        assert!(serves(&store, Some("shop.example.com"), &shop2));
+        assert!(serves(&store, Some("x.beta.example.org"), &platform));
+        assert!(serves(&store, Some("www.beta.example.org"), &platform));
+        let text = metrics.render();
+        assert!(!text.contains("beta.example.org"), "{text}");
+        assert!(text.contains("name=\"shop.example.com\""), "{text}");
+
+        // A new platform certificate keeps the tenants'.
+        let platform2 = served(&["*.platform.test"]);
+        store.set_platform(platform2.clone());
+        assert!(serves(&store, Some("shop.example.com"), &shop2));
+        assert!(serves(&store, Some("nobody.test"), &platform2));
+
+        // No tenant certificates: everyone gets the platform's.
+        store.set_hosts(Vec::new());
+        assert!(serves(&store, Some("shop.example.com"), &platform2));
+    }
+
+    #[test]
+    fn check_app_refuses_what_cannot_be_served_and_names_why_without_the_key() {
+        let (store, _) = store();
+        let hosts: Vec<String> = [
+            "shop-acme.localhost",
+            "shop.example.com",
+            "*.beta.example.org",
+        ]
+        .map(String::from)
+        .to_vec();
+        let good = pem_pair(&["shop.example.com"], 2100);
+        let other = pem_pair(&["shop.example.com"], 2100);
+        let wildcard = pem_pair(&["*.beta.example.org"], 2100);
+        let expired = pem_pair(&["shop.example.com"], 2001);
+        let elsewhere = pem_pair(&["blog.example.com"], 2100);
+        let check = |certs: &[HostCertificate], served: &[HostCertificate]| {
+            store.check_app(&hosts, certs, served)
+        };
+        check(
+            &[
+                host_cert("shop.example.com", &good),
+                host_cert("*.beta.example.org", &wildcard),
+            ],
+            &[],
+        )
+        .unwrap();
+
+        let mismatched = HostCertificate {
+            hostname: "shop.example.com".into(),
+            cert_pem: good.0.clone(),
+            key_pem: other.1.clone(),
+        };
+        let not_a_key = HostCertificate {
+            key_pem: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ..host_cert("shop.example.com", &good)
+        };
+        let cases = [
+            (
+                vec![mismatched],
+                "certificate for shop.example.com: the private key does not match",
+            ),
+            (
+                vec![not_a_key],
+                "certificate for shop.example.com: unsupported private key",
+            ),
+            (
+                vec![host_cert("shop.example.com", &expired)],
+                "certificate for shop.example.com: the certificate expired",
+            ),
+            (
+                vec![host_cert("blog.example.com", &elsewhere)],
+                "certificate for blog.example.com: blog.example.com is not one of the app's hostnames",
+            ),
+            (
+                vec![host_cert("shop.example.com", &wildcard)],
+                "certificate for shop.example.com: it is for *.beta.example.org, not shop.example.com",
+            ),
+            (
+                vec![
+                    host_cert("shop.example.com", &good),
+                    host_cert("SHOP.example.com", &other),
+                ],
+                "certificate for shop.example.com: given twice",
+            ),
+        ];
+        for (certs, want) in cases {
+            let err = check(&certs, &[]).expect_err(want).to_string();
+            assert!(err.starts_with(want), "{err:?}, wanted {want:?}");
+            assert!(!err.contains("PRIVATE KEY"), "{err}");
+            for c in &certs {
+                assert!(!err.contains(c.key_pem.trim()), "{err}");
+            }
+        }
+
+        // A pair served already is not judged again (it expired in
+        // service); its hostname must still be the app's.
+        let old = host_cert("shop.example.com", &expired);
+        check(std::slice::from_ref(&old), std::slice::from_ref(&old)).unwrap();
+        let elsewhere = host_cert("blog.example.com", &elsewhere);
+        assert!(
+            check(
+                std::slice::from_ref(&elsewhere),
+                std::slice::from_ref(&elsewhere)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn serve_tenants_parses_each_pair_once_and_leaves_out_one_that_does_not_parse() {
+        let (store, _) = store();
+        let platform = served(&["*.platform.test"]);
+        store.set_platform(platform.clone());
+        let shop = host_cert("shop.example.com", &pem_pair(&["shop.example.com"], 2100));
+        let broken = HostCertificate {
+            key_pem: pem_pair(&["blog.example.com"], 2100).1,
+            ..host_cert("blog.example.com", &pem_pair(&["blog.example.com"], 2100))
+        };
+        let count = store.serve_tenants([("shop", &shop), ("blog", &broken)]);
+        assert_eq!(count, 1);
+        let first = store.lookup(Some("shop.example.com")).unwrap();
+        assert!(!Arc::ptr_eq(&first, &platform.key));
+        assert!(serves(&store, Some("blog.example.com"), &platform));
+        // The same pair again: the parsed one, not a new parse.
+        store.serve_tenants([("shop", &shop)]);
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("shop.example.com")).unwrap(),
+            &first
+        ));
+        assert_eq!(lock(&store.parsed).len(), 1);
+        // Gone from the apps: gone from the table and forgotten.
+        assert_eq!(
+            store.serve_tenants(Vec::<(&str, &HostCertificate)>::new()),
+            0
+        );
+        assert!(serves(&store, Some("shop.example.com"), &platform));
+        assert!(lock(&store.parsed).is_empty());
     }
 }

@@ -9,11 +9,16 @@
 //! `--noisy` runs the noisy-neighbour scenario instead ([`noisy`]): a quiet
 //! tenant alone and under another tenant's sleep and spin storms.
 //!
+//! `--tls` runs the TLS scenario instead ([`tls`]): HTTPS keep-alive against
+//! plain, new TLS connections per second (full and resumed) against a native
+//! hyper + rustls hello, and HTTP/2 over TLS with h2load.
+//!
 //! Needs `wrk` (apt-get install wrk). `wasmtime` 48.0.8 is optional: without
 //! it the comparison is skipped with a message (install it once with
 //! `cargo install wasmtime-cli --version 48.0.8 --locked`).
 
 mod noisy;
+mod tls;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -51,6 +56,11 @@ struct Args {
     /// non-zero if a target is missed.
     #[arg(long)]
     noisy: bool,
+    /// Run the TLS scenario (HTTPS keep-alive, new TLS connections per
+    /// second, HTTP/2 over TLS) instead; exits non-zero if a target is
+    /// missed. Needs h2load (apt-get install nghttp2-client).
+    #[arg(long, conflicts_with = "noisy")]
+    tls: bool,
 }
 
 struct Measured {
@@ -272,6 +282,18 @@ fn main() -> Result<()> {
     if args.noisy {
         if !noisy::run(&bin_dir, &args.root, args.duration_secs)? {
             bail!("the noisy-neighbour targets were missed");
+        }
+        return Ok(());
+    }
+    if args.tls {
+        let load = tls::Load {
+            secs: args.duration_secs,
+            warmup_secs: args.warmup_secs,
+            connections: args.connections,
+            threads: args.threads,
+        };
+        if !tls::run(&bin_dir, &args.root, &load)? {
+            bail!("the TLS targets were missed");
         }
         return Ok(());
     }

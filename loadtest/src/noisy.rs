@@ -83,7 +83,9 @@ fn wrk_command(
     c
 }
 
-fn parse(text: &str) -> Result<Wrk> {
+/// Reads the figures of wrk's `--latency` output (also used by the TLS
+/// scenario).
+pub(crate) fn parse(text: &str) -> Result<Wrk> {
     let mut w = Wrk {
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,

@@ -243,12 +243,71 @@ pub struct Rollback {
     pub to: Option<u32>,
 }
 
-/// `POST /v1/apps/{app}/domains`.
+/// `POST /v1/apps/{app}/domains`: adds a custom hostname to an app, or
+/// (for a hostname the app already has) replaces its certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddDomain {
     /// The hostname.
     pub hostname: String,
+    /// The tenant's own certificate for it. Without one, HTTPS clients get
+    /// the platform's certificate for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateUpload>,
+}
+
+/// A certificate and its private key, as a tenant uploads them. The key is
+/// stored encrypted, sent only to gateways, and never returned.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CertificateUpload {
+    /// PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertificateUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateUpload")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A custom hostname of an app, as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Domain {
+    /// The hostname.
+    pub hostname: String,
+    /// The app it routes to.
+    pub app: String,
+    /// Its certificate, when the tenant gave one; otherwise HTTPS clients
+    /// get the platform's.
+    #[serde(default)]
+    pub certificate: Option<CertificateSummary>,
+    /// When it was added, ms.
+    pub created_ms: i64,
+}
+
+/// What a stored certificate says (never its key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CertificateSummary {
+    /// `custom`: the tenant's own.
+    pub kind: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// The DNS names it covers.
+    pub names: Vec<String>,
+    /// Start of validity, unix seconds.
+    pub not_before: i64,
+    /// End of validity, unix seconds.
+    pub not_after: i64,
+    /// When it was uploaded, ms.
+    pub updated_ms: i64,
 }
 
 /// One entry of the audit log.

@@ -31,6 +31,32 @@ pub struct DeployedApp {
     /// need): a gateway keeps these if it has them and collects the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retain: Vec<Sha256Digest>,
+    /// Certificates for some of `hosts`, served by SNI. Keys travel only
+    /// over the (TLS) link and sit 0600 in the gateway's state directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<HostCertificate>,
+}
+
+/// A certificate a gateway serves for one of an app's hostnames.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostCertificate {
+    /// The hostname (one of the app's `hosts`).
+    pub hostname: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for HostCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCertificate")
+            .field("hostname", &self.hostname)
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl DeployedApp {

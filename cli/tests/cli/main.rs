@@ -4,7 +4,7 @@
 mod sync;
 mod tls;
 
-use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestDb, backends};
+use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestCa, TestDb, backends};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -198,6 +198,80 @@ async fn tenant_flow_through_the_cli() {
             app["hostnames"],
             serde_json::json!(["shop-acme.localhost", "shop.example.com"])
         );
+
+        // Its own certificate for another hostname: read from files, listed
+        // with issuer, names and expiry, never the key; a key that is not
+        // the certificate's is refused with the reason (exit 1).
+        let ca = TestCa::new("Gannet CLI domains CA");
+        let pem_dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue(&["www.example.com"]).write(pem_dir.path(), "www");
+        let (_, other_key) = ca
+            .issue(&["www.example.com"])
+            .write(pem_dir.path(), "other");
+        let (cert, key, other_key) = (
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            other_key.to_str().unwrap(),
+        );
+        cli.fails(
+            &[
+                "domains",
+                "add",
+                "www.example.com",
+                "--app",
+                "shop",
+                "--cert",
+                cert,
+                "--key",
+                other_key,
+            ],
+            &[],
+            1,
+            "does not match",
+        )
+        .await;
+        let out = cli
+            .ok(
+                &[
+                    "domains",
+                    "add",
+                    "www.example.com",
+                    "--app",
+                    "shop",
+                    "--cert",
+                    cert,
+                    "--key",
+                    key,
+                ],
+                &[],
+            )
+            .await;
+        assert!(out.contains("with its own certificate"), "{out}");
+        let listed = cli.ok(&["domains", "list"], &[]).await;
+        assert!(listed.contains("www.example.com"), "{listed}");
+        assert!(listed.contains("Gannet CLI domains CA"), "{listed}");
+        assert!(listed.contains("(in "), "no expiry shown: {listed}");
+        assert!(!listed.contains("PRIVATE KEY"), "{listed}");
+        let domains = cli.json(&["domains", "list", "--app", "shop"], &[]).await;
+        let www = domains
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["hostname"] == "www.example.com")
+            .unwrap();
+        assert_eq!(
+            www["certificate"]["names"],
+            serde_json::json!(["www.example.com"])
+        );
+        assert!(domains["key_pem"].is_null() && !domains.to_string().contains("PRIVATE KEY"));
+        // Without a pair, the platform's certificate serves it.
+        let plain = domains
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["hostname"] == "shop.example.com")
+            .unwrap();
+        assert!(plain["certificate"].is_null());
         let table = cli.ok(&["apps", "list"], &[]).await;
         assert!(
             table.contains("shop") && table.contains("shop.example.com"),

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const OPERATOR: &str = "gnt_sync_test_operator_0123456789abcdef";
+/// The master key every control API process of these tests runs with.
+const TEST_MASTER_KEY: &str = gannet_control_api::testing::TEST_MASTER_KEY;
 
 fn bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_gannet")).with_file_name(name);
@@ -89,6 +91,7 @@ fn control_api_with(
         .arg("--data-dir")
         .arg(data)
         .env("GANNET_OPERATOR_TOKEN", OPERATOR)
+        .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
         .env("RUST_LOG", "warn");
     if let Some(url) = database {
         cmd.args(["--database-url", url]);
@@ -580,7 +583,8 @@ async fn a_change_through_one_replica_wakes_pollers_on_another() {
         ])
         .arg("--data-dir")
         .arg(dir.path().join(n))
-        .env("GANNET_OPERATOR_TOKEN", OPERATOR);
+        .env("GANNET_OPERATOR_TOKEN", OPERATOR)
+        .env("GANNET_MASTER_KEY", TEST_MASTER_KEY);
         let (p, a) = Proc::spawn(cmd, 1);
         (p, a[0].clone())
     };

@@ -1,4 +1,10 @@
-//! Apps and their hostnames.
+//! Apps and their hostnames, with tenants' own certificates.
+//!
+//! A certificate is checked ([`crate::certificate::check`]) before anything
+//! is written: a refused one is a 422 `invalid-certificate` saying what to
+//! fix, and changes nothing. Its private key is sealed with the master key
+//! before it is stored, goes only to gateways (in the PoP state), and is
+//! never in a response, the audit log or a log line.
 
 use crate::AppState;
 use crate::auth::TenantAuth;
@@ -10,15 +16,20 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use gannet_model::api::Problem;
-use gannet_model::api::{AddDomain, App, CreateApp};
+use gannet_model::api::{AddDomain, App, CreateApp, Domain};
+use gannet_server::tls::unix_now;
 
 /// `/v1/apps…`
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/apps", post(create_app).get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
-        .route("/v1/apps/{app}/domains", post(add_domain))
+        .route(
+            "/v1/apps/{app}/domains",
+            post(add_domain).get(list_app_domains),
+        )
         .route("/v1/apps/{app}/domains/{hostname}", delete(remove_domain))
+        .route("/v1/domains", get(list_domains))
 }
 
 /// The app named `name` of the caller's tenant, or 404 — also when another
@@ -86,7 +97,17 @@ pub(crate) async fn get_app(
     Ok(axum::Json(app))
 }
 
+/// A DNS hostname of at least two labels, or a wildcard one label above a
+/// name of at least two (`*.shop.example`, never `*.example`), as the
+/// gateway's router matches them.
 fn valid_hostname(h: &str) -> bool {
+    match h.strip_prefix("*.") {
+        Some(parent) => parent.split('.').count() >= 2 && valid_plain_hostname(parent),
+        None => valid_plain_hostname(h),
+    }
+}
+
+fn valid_plain_hostname(h: &str) -> bool {
     h.len() <= 253
         && h.split('.').count() >= 2
         && h.split('.').all(|l| {
@@ -100,7 +121,8 @@ fn valid_hostname(h: &str) -> bool {
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app}/domains", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = AddDomain,
-    responses((status = 201, description = "added", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+    description = "Adds a custom hostname, with the tenant's own certificate if given. Adding a hostname the app already has, with a certificate, replaces its certificate (a rotation: 200). The private key is never returned.",
+    responses((status = 201, description = "added", body = App), (status = 200, description = "the certificate of a hostname the app already has was replaced", body = App), (status = "4XX", description = "refused (422 `invalid-certificate` says what to fix); see the problem document", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn add_domain(
     State(s): State<AppState>,
     auth: TenantAuth,
@@ -121,23 +143,81 @@ pub(crate) async fn add_domain(
             s.config.platform_domain
         )));
     }
-    let revision = s
+    // Checked before anything is written: a refusal changes nothing.
+    let certificate = match &req.certificate {
+        None => None,
+        Some(upload) => {
+            if s.store.master_key().is_none() {
+                return Err(ApiError::NoMasterKey);
+            }
+            Some(
+                crate::certificate::check(&hostname, upload, unix_now())
+                    .map_err(ApiError::Certificate)?,
+            )
+        }
+    };
+    let written = s
         .store
-        .add_hostname(app.id, &hostname)
+        .add_domain(app.id, &hostname, certificate.as_ref())
         .await
         .map_err(|e| on_unique(e, || format!("hostname `{hostname}` is already in use")))?;
-    s.notifier.bump(revision, Scope::Everywhere);
-    s.store
-        .audit(
-            Some(auth.tenant_id),
-            auth.token_id,
-            "domain.add",
-            &format!("{name} {hostname}"),
-        )
-        .await?;
+    s.notifier.bump(written.revision, Scope::Everywhere);
+    if written.added {
+        s.store
+            .audit(
+                Some(auth.tenant_id),
+                auth.token_id,
+                "domain.add",
+                &format!("{name} {hostname}"),
+            )
+            .await?;
+    }
+    if let Some(c) = &certificate {
+        let info = c.info();
+        s.store
+            .audit(
+                Some(auth.tenant_id),
+                auth.token_id,
+                "domain.certificate",
+                &format!(
+                    "{name} {hostname} issuer={:?} not_after={}",
+                    info.issuer, info.not_after
+                ),
+            )
+            .await?;
+    }
+    let status = if written.added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     get_app(State(s), auth, Path(name))
         .await
-        .map(|a| (StatusCode::CREATED, a))
+        .map(|a| (status, a))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/domains", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)),
+    responses((status = 200, description = "the app's custom hostnames with what their certificates say (never a key)", body = [Domain]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_app_domains(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Vec<Domain>>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    Ok(axum::Json(
+        s.store.list_domains(auth.tenant_id, Some(app.id)).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/domains", tag = "apps", security(("bearer" = [])),
+    responses((status = 200, description = "the tenant's custom hostnames, of every app, with what their certificates say (never a key)", body = [Domain]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_domains(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+) -> Result<axum::Json<Vec<Domain>>, ApiError> {
+    Ok(axum::Json(
+        s.store.list_domains(auth.tenant_id, None).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app}/domains/{hostname}", tag = "apps", security(("bearer" = [])), params(("app" = String, Path), ("hostname" = String, Path)),
@@ -163,4 +243,33 @@ pub(crate) async fn remove_domain(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostnames_and_wildcards() {
+        for ok in [
+            "shop.example.com",
+            "a-b.c1.example",
+            "*.beta.example.org",
+            "*.a.b",
+        ] {
+            assert!(super::valid_hostname(ok), "{ok}");
+        }
+        for bad in [
+            "localhost",
+            "*.com",
+            "*.*.example.com",
+            "a.*.example.com",
+            "*example.com",
+            "Shop.example.com",
+            "-a.example.com",
+            "a..example.com",
+            "*",
+            "*.",
+        ] {
+            assert!(!super::valid_hostname(bad), "{bad}");
+        }
+    }
 }

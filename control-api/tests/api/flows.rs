@@ -1,7 +1,7 @@
 //! Auth, isolation, quotas, revocation, rate limits, replicas.
 
 use crate::{Caller, assert_problem, example};
-use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestDb, backends};
+use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TEST_MASTER_KEY, TestDb, backends};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -273,6 +273,7 @@ async fn two_processes_on_one_postgres_serve_each_others_uploads() {
             .arg("--data-dir")
             .arg(dir)
             .env("GANNET_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -337,6 +338,7 @@ fn spawn_api(
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gannet-control-api"));
     cmd.args(["--listen", "127.0.0.1:0"])
         .args(args)
+        .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
         .stderr(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);

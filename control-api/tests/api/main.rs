@@ -1,6 +1,7 @@
 //! Control API tests over real sockets, each on SQLite and on Postgres.
 
 mod bounds;
+mod domains;
 mod feed;
 mod flows;
 mod hostile;

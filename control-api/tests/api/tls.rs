@@ -6,7 +6,9 @@
 //! start, and on SIGHUP takes a new pair or keeps the current one when the
 //! new one is unusable.
 
-use gannet_control_api::testing::{OPERATOR_TOKEN, TestApi, TestCa, TestDb, backends};
+use gannet_control_api::testing::{
+    OPERATOR_TOKEN, TEST_MASTER_KEY, TestApi, TestCa, TestDb, backends,
+};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -160,6 +162,7 @@ impl ApiProcess {
             .arg(data)
             .args(args)
             .env("GANNET_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -331,6 +334,7 @@ fn a_pair_that_cannot_be_served_stops_the_start_with_the_reason() {
             .arg("--tls-key")
             .arg(key)
             .env("GANNET_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -342,6 +346,7 @@ fn a_pair_that_cannot_be_served_stops_the_start_with_the_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_gannet-control-api"))
         .args(["--listen", "127.0.0.1:0", "--tls-cert"])
         .arg(&cert)
+        .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -12,6 +12,14 @@
 //! and keeps serving what it served, so what is on disk is never behind
 //! what is served. There is one outstanding poll per gateway.
 //!
+//! Tenants' own certificates travel with their apps and are taken the same
+//! way: a version bringing a certificate that does not parse, whose key does
+//! not match, that has expired or that is for a hostname the app does not
+//! serve is refused (NACKed with the reason, never the key) like one whose
+//! component does not compile, and the previous version keeps serving with
+//! its certificate. Certificates are swapped in with the routing table. The
+//! state directory's snapshot holds their keys and is written 0600.
+//!
 //! A gateway restarted while the control API is down boots from the state
 //! directory at once ([`boot_from_disk`]), app by app, and resumes polling
 //! from that revision, downloading nothing it already has. The same holds
@@ -25,6 +33,7 @@ pub mod trust;
 
 use crate::config::ControlPlane;
 use crate::routes_file::AppSpec;
+use crate::tls::HostCertError;
 use crate::{Gateway, GatewayError, cache::PrepareError};
 use api::Api;
 use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
@@ -123,6 +132,9 @@ pub enum SyncError {
     /// The component could not be compiled, loaded or linked.
     #[error(transparent)]
     Prepare(#[from] PrepareError),
+    /// One of the app's certificates cannot be served.
+    #[error(transparent)]
+    Certificate(#[from] HostCertError),
     /// The state directory could not be read or written.
     #[error("state directory: {0}")]
     Io(#[from] std::io::Error),
@@ -133,6 +145,7 @@ impl SyncError {
     fn retry(&self) -> bool {
         match self {
             SyncError::Prepare(PrepareError::Runtime(e)) => !e.is_deterministic(),
+            SyncError::Certificate(_) => false,
             _ => true,
         }
     }
@@ -155,6 +168,7 @@ fn spec_of(dir: &StateDir, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
             limits: app.limits.clone(),
             outbound: app.outbound.clone(),
             report: Some((app.key(), app.version)),
+            certificates: app.certificates.clone(),
         },
         app.digest,
     )
@@ -171,6 +185,9 @@ fn specs_of(dir: &StateDir, applied: &Applied) -> Vec<(AppSpec, Sha256Digest)> {
 /// ignored: the gateway then starts empty and syncs from scratch.
 pub async fn boot_from_disk(gateway: &Gateway, cp: &ControlPlane) -> Result<bool, GatewayError> {
     let dir = StateDir::new(&cp.state_dir);
+    if let Err(e) = dir.secure_snapshot() {
+        tracing::error!(error = %e, "cannot make the persisted state private to this user");
+    }
     let applied = match dir.read_snapshot() {
         Ok(Some(a)) => a,
         Ok(None) => return Ok(false),
@@ -226,6 +243,27 @@ fn served_at_start(gateway: &Gateway, dir: &StateDir) -> Applied {
         }
     }
     applied
+}
+
+/// Makes `want` ready to serve in place of `now` (the version served, if
+/// any): its new certificates checked, then, unless its component is the
+/// one served, that component taken.
+async fn take_version(
+    gateway: &Gateway,
+    api: &Api,
+    dir: &StateDir,
+    now: Option<&DeployedApp>,
+    want: &DeployedApp,
+) -> Result<(), SyncError> {
+    let served_certificates = now.map_or(&[][..], |n| n.certificates.as_slice());
+    gateway
+        .certs()
+        .check_app(&want.hosts, &want.certificates, served_certificates)?;
+    if now.is_some_and(|n| n.digest == want.digest) {
+        // The component is served already: only settings change.
+        return Ok(());
+    }
+    take(gateway, api, dir, want).await
 }
 
 /// Makes `app`'s version ready to serve: its component on disk and
@@ -292,8 +330,7 @@ async fn reconcile(
     };
     for (key, want) in &desired.apps {
         let now = served.apps.get(key);
-        // The component is served already: only settings change.
-        if now.is_some_and(|n| n.digest == want.digest) {
+        if now == Some(want) {
             next.apps.insert(key.clone(), want.clone());
             continue;
         }
@@ -301,7 +338,7 @@ async fn reconcile(
             // Refused for a reason no retry cures: not tried again until
             // the control API asks for another version.
             Some(p) if p.app == *want && !p.retry => Err(p.clone()),
-            _ => take(gateway, api, dir, want).await.map_err(|e| {
+            _ => take_version(gateway, api, dir, now, want).await.map_err(|e| {
                 tracing::error!(app = %key, version = want.version, error = %e, "cannot take this version; keeping the previous one");
                 Pending {
                     app: want.clone(),
@@ -544,5 +581,213 @@ async fn sleep_with_jitter(backoff: &mut Duration, shutdown: &CancellationToken)
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Fairness, GatewayConfig};
+    use gannet_model::snapshot::HostCertificate;
+    use gannet_runtime::{EngineConfig, PoolConfig};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    /// A self-signed certificate for `names` and its key, PEM.
+    fn pem_pair(names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn host_cert(hostname: &str, cert_pem: &str, key_pem: &str) -> HostCertificate {
+        HostCertificate {
+            hostname: hostname.into(),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    /// A gateway following a control API nobody answers (nothing in these
+    /// tests needs it: components are on disk), its state under `root`.
+    async fn gateway(root: &Path) -> Gateway {
+        let control = ControlPlane {
+            url: "http://127.0.0.1:9".into(),
+            pop: "pop1".into(),
+            node_token: "gnt_unused".into(),
+            state_dir: root.join("state"),
+            poll_wait: Duration::from_secs(1),
+            max_body: crate::config::DEFAULT_MAX_COMPONENT_SIZE,
+            trusted_cas: None,
+        };
+        Gateway::build(GatewayConfig {
+            control: Some(control),
+            cache_dir: root.join("cache"),
+            engine: EngineConfig {
+                pool: Some(PoolConfig::for_instances(4)),
+                ..EngineConfig::default()
+            },
+            fairness: Fairness {
+                guest_threads: Some(1),
+                ..Fairness::default()
+            },
+            ..GatewayConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The leaf a handshake for `sni` gets now (DER).
+    fn served_leaf(gateway: &Gateway, sni: &str) -> Vec<u8> {
+        gateway
+            .certs()
+            .lookup(Some(sni))
+            .and_then(|key| key.cert.first().map(|c| c.to_vec()))
+            .unwrap_or_default()
+    }
+
+    fn state_of(revision: i64, app: &DeployedApp) -> Applied {
+        Applied {
+            revision,
+            apps: BTreeMap::from([(app.key(), app.clone())]),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_certificate_that_cannot_be_served_is_nacked_and_the_previous_version_keeps_its_certificate()
+     {
+        let root = tempfile::tempdir().unwrap();
+        let gw = gateway(root.path()).await;
+        let cp = gw.config().control.clone().unwrap();
+        let dir = StateDir::new(&cp.state_dir);
+        let api = Api::new(cp.clone()).unwrap();
+        // The component is on disk already: nothing is downloaded.
+        let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.wasm");
+        let bytes = std::fs::read(&hello).expect("run `bash examples/build.sh` first");
+        let digest = Sha256Digest::of(&bytes);
+        let artifact = dir.artifact_path(&digest);
+        std::fs::create_dir_all(artifact.parent().unwrap()).unwrap();
+        std::fs::write(&artifact, &bytes).unwrap();
+
+        let good = pem_pair(&["shop.example.com"]);
+        let v1 = DeployedApp {
+            tenant: "acme".into(),
+            app: "shop".into(),
+            version: 1,
+            digest,
+            size_bytes: bytes.len() as u64,
+            hosts: vec!["shop-acme.localhost".into(), "shop.example.com".into()],
+            env: BTreeMap::new(),
+            limits: Default::default(),
+            outbound: Vec::new(),
+            retain: Vec::new(),
+            certificates: vec![host_cert("shop.example.com", &good.0, &good.1)],
+        };
+        let key = v1.key();
+        let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &v1)).await;
+        assert!(served.pending.is_empty(), "{:?}", served.pending);
+        gw.install(specs_of(&dir, &served));
+        assert_eq!(served_leaf(&gw, "shop.example.com"), der_of(&good.0));
+
+        // Versions the gateway must refuse: a key that is not the
+        // certificate's (with a settings change, then with a component not
+        // even on disk: the certificate is judged before any download), and
+        // a certificate for a hostname the app does not serve.
+        let other = pem_pair(&["shop.example.com"]);
+        let blog = pem_pair(&["blog.example.com"]);
+        let mismatched = host_cert("shop.example.com", &good.0, &other.1);
+        let mut new_env = v1.clone();
+        new_env.env.insert("GREETING".into(), "v2".into());
+        new_env.certificates = vec![mismatched.clone()];
+        let mut new_component = v1.clone();
+        new_component.version = 2;
+        new_component.digest = Sha256Digest::of(b"a component nobody has");
+        new_component.certificates = vec![mismatched];
+        let mut not_its_host = v1.clone();
+        not_its_host
+            .certificates
+            .push(host_cert("blog.example.com", &blog.0, &blog.1));
+        let cases = [
+            (
+                new_env,
+                "certificate for shop.example.com: the private key does not match the certificate's public key",
+            ),
+            (
+                new_component,
+                "certificate for shop.example.com: the private key does not match",
+            ),
+            (
+                not_its_host,
+                "certificate for blog.example.com: blog.example.com is not one of the app's hostnames",
+            ),
+        ];
+        for (revision, (want, reason)) in (2..).zip(cases) {
+            let desired = state_of(revision, &want);
+            let next = reconcile(&gw, &api, &dir, &served, &desired).await;
+            assert_eq!(next.revision, revision);
+            assert_eq!(next.apps.get(&key), Some(&v1), "the previous version stays");
+            let pending = &next.pending[&key];
+            assert_eq!(pending.app, want);
+            assert!(pending.error.starts_with(reason), "{}", pending.error);
+            assert!(
+                !pending.retry,
+                "a certificate does not get better by retrying"
+            );
+            let ack = ack_for(&gw, &next, &None);
+            assert_eq!(ack.applied_revision, revision);
+            assert_eq!(ack.failed_apps.len(), 1, "{ack:?}");
+            assert_eq!(ack.failed_apps[0].key, key);
+            assert_eq!(ack.failed_apps[0].version, want.version);
+            assert!(ack.failed_apps[0].error.starts_with(reason));
+            let text = serde_json::to_string(&ack).unwrap();
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+            // Installed: the previous version and its certificate serve.
+            gw.install(specs_of(&dir, &next));
+            assert_eq!(served_leaf(&gw, "shop.example.com"), der_of(&good.0));
+            let table = gw.state().routes.load();
+            let app = table.lookup("shop.example.com").expect("still routed");
+            assert_eq!(app.report, Some((key.clone(), 1)));
+            // Refused for good: the same version is not judged again.
+            let again = reconcile(&gw, &api, &dir, &next, &desired).await;
+            assert_eq!(again.pending[&key], *pending);
+            assert_eq!(again.apps.get(&key), Some(&v1));
+        }
+
+        // A good new pair (a rotation) is taken, and persisted 0600.
+        let rotated = pem_pair(&["shop.example.com"]);
+        let mut v1_rotated = v1.clone();
+        v1_rotated.certificates = vec![host_cert("shop.example.com", &rotated.0, &rotated.1)];
+        let next = reconcile(&gw, &api, &dir, &served, &state_of(9, &v1_rotated)).await;
+        assert!(next.pending.is_empty(), "{:?}", next.pending);
+        assert_eq!(next.apps.get(&key), Some(&v1_rotated));
+        dir.write_snapshot(&next).await.unwrap();
+        gw.install(specs_of(&dir, &next));
+        assert_eq!(served_leaf(&gw, "shop.example.com"), der_of(&rotated.0));
+        let snapshot = cp.state_dir.join("snapshot.json");
+        let mode = std::fs::metadata(&snapshot).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // A gateway booting from that state directory serves the pair.
+        drop(gw);
+        let gw = gateway(root.path()).await;
+        assert_eq!(served_leaf(&gw, "shop.example.com"), der_of(&rotated.0));
+        assert!(
+            gw.state()
+                .routes
+                .load()
+                .lookup("shop.example.com")
+                .is_some()
+        );
     }
 }

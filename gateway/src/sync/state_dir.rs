@@ -1,23 +1,31 @@
-//! The gateway's state directory: `snapshot.json` (what is served) and
-//! `artifacts/<sha256>.wasm` (the components it needs), everything written
-//! atomically. A component is trusted only after its bytes hash to its
+//! The gateway's state directory: `snapshot.json` (what is served, with
+//! tenants' certificates and private keys: written 0600, readable by the
+//! gateway's user only) and `artifacts/<sha256>.wasm` (the components it
+//! needs), everything written atomically. A component is trusted only after its bytes hash to its
 //! name: when it is downloaded, and again before a new version is taken from
 //! it; one that does not is deleted and fetched again. Components no served
 //! or retained version needs are collected.
 
 use super::{Applied, SyncError};
 use gannet_model::Sha256Digest;
-use gannet_runtime::artifact::write_atomic;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Longest pause between two pieces of a download.
 const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// The snapshot's mode: it holds private keys.
+const SNAPSHOT_MODE: u32 = 0o600;
+
+/// The snapshot file's name.
+const SNAPSHOT: &str = "snapshot.json";
 
 /// One gateway's state directory.
 #[derive(Clone, Debug)]
@@ -34,7 +42,7 @@ impl StateDir {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.root.join("snapshot.json")
+        self.root.join(SNAPSHOT)
     }
 
     fn artifacts(&self) -> PathBuf {
@@ -59,17 +67,53 @@ impl StateDir {
             .map_err(|e| format!("{}: {e}", self.snapshot_path().display()))
     }
 
-    /// Persists `applied`; on failure the previous snapshot stays whole.
+    /// Persists `applied`, readable and writable by this user only (mode
+    /// 0600, whatever the umask and the mode of the file it replaces); on
+    /// failure the previous snapshot stays whole.
     pub async fn write_snapshot(&self, applied: &Applied) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(applied).map_err(std::io::Error::other)?;
         let root = self.root.clone();
         let path = self.snapshot_path();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&root)?;
-            write_atomic(&path, &json)
+            write_private(&path, &json)
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+
+    /// Makes the snapshot readable by this user only if it is not (a
+    /// gateway from before tenants' certificates wrote it 0644), and
+    /// deletes snapshot writes a crash left unfinished.
+    pub fn secure_snapshot(&self) -> std::io::Result<()> {
+        let path = self.snapshot_path();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o777 != SNAPSHOT_MODE => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SNAPSHOT_MODE))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    was = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the persisted state is now readable by this user only"
+                );
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        let unfinished = format!(".{SNAPSHOT}.");
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(&unfinished) && n.ends_with(".tmp"))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     /// Whether `digest`'s component is on disk with bytes that hash to it.
@@ -180,5 +224,78 @@ impl StateDir {
             }
         }
         removed
+    }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, synced,
+/// then renamed over it), with mode 0600 from the start: the bytes are never
+/// readable by others, not even for a moment.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(SNAPSHOT_MODE)
+            .open(&tmp)?;
+        // The umask may have taken bits away; never added any.
+        file.set_permissions(std::fs::Permissions::from_mode(SNAPSHOT_MODE))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_is_written_0600_and_an_older_one_is_made_so() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(&root.path().join("state"));
+        let path = dir.snapshot_path();
+        dir.write_snapshot(&Applied::default()).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+
+        // Replacing a file others could read: the new one is 0600.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let applied = Applied {
+            revision: 7,
+            ..Applied::default()
+        };
+        dir.write_snapshot(&applied).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(dir.read_snapshot().unwrap().unwrap().revision, 7);
+
+        // One left 0644 (by an older gateway) is made 0600 at boot, and an
+        // unfinished write is deleted; other files stay.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let unfinished = root
+            .path()
+            .join("state/.snapshot.json.0123456789abcdef.tmp");
+        std::fs::write(&unfinished, "{").unwrap();
+        let other = root.path().join("state/notes.txt");
+        std::fs::write(&other, "x").unwrap();
+        dir.secure_snapshot().unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(!unfinished.exists());
+        assert!(other.exists());
+        assert_eq!(dir.read_snapshot().unwrap().unwrap().revision, 7);
+
+        // Nothing there yet: nothing to do.
+        StateDir::new(&root.path().join("none"))
+            .secure_snapshot()
+            .unwrap();
     }
 }

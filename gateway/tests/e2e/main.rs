@@ -6,6 +6,7 @@ mod control;
 mod harness;
 
 mod cache;
+mod domains;
 mod fair;
 mod guests;
 mod hostile;
