@@ -78,7 +78,9 @@ impl Client {
     /// to a CA certificate in `ca_cert` (PEM, one or more).
     pub fn new(endpoint: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
         let endpoint = trust::control_api_url(endpoint)?;
-        let mut http = reqwest::Client::builder();
+        // Never follow redirects: a hop to plain http on the same host would
+        // carry the token (and any key being uploaded) in clear.
+        let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if let Some(path) = ca_cert {
             for der in trust::read_ca_file(path)? {
                 let cert = reqwest::Certificate::from_der(der.as_ref())

@@ -68,6 +68,10 @@ pub struct Store {
     master_key: Option<MasterKey>,
 }
 
+/// Most custom hostnames (with or without certificates) one tenant may
+/// have: each goes, with its certificate, to every gateway.
+pub const MAX_CUSTOM_HOSTNAMES_PER_TENANT: i64 = 100;
+
 /// Why a write was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -674,6 +678,21 @@ impl Store {
         .await?;
         let added = match existing {
             None => {
+                // Every hostname (and its certificate) goes to every
+                // gateway: a tenant's count is bounded.
+                let held: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM hostnames h JOIN apps a ON a.id = h.app_id \
+                     WHERE h.kind = 'custom' AND a.tenant_id = (SELECT tenant_id FROM apps WHERE id = $1)",
+                )
+                .bind(app_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                if held >= MAX_CUSTOM_HOSTNAMES_PER_TENANT {
+                    return Err(WriteError::Quota(format!(
+                        "a tenant may have at most {MAX_CUSTOM_HOSTNAMES_PER_TENANT} custom hostnames; remove one first"
+                    )));
+                }
                 // A unique violation here: added by someone else meanwhile.
                 sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
                     .bind(hostname)

@@ -296,11 +296,18 @@ impl Gateway {
     /// have; the metric series of versions (and apps) no longer served are
     /// removed.
     pub fn install(&self, apps: Vec<(AppSpec, Sha256Digest)>) -> LoadSummary {
-        let certificates = self.certs.serve_tenants(apps.iter().flat_map(|(spec, _)| {
-            spec.certificates
-                .iter()
-                .map(move |cert| (spec.id.as_str(), cert))
-        }));
+        let certificates = self.certs.serve_tenants(
+            apps.iter().flat_map(|(spec, _)| {
+                spec.certificates
+                    .iter()
+                    .map(move |cert| (spec.id.as_str(), cert))
+            }),
+            apps.iter().flat_map(|(spec, _)| {
+                spec.hosts
+                    .iter()
+                    .map(move |host| (spec.id.as_str(), host.as_str()))
+            }),
+        );
         let old = self.state.routes.load_full();
         let components: std::collections::HashSet<Sha256Digest> =
             apps.iter().map(|(_, d)| *d).collect();

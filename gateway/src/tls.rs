@@ -124,25 +124,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct CertTable {
     /// Certificates by exact (lowercase) name.
     exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Certificates for `*.{key}`, by the parent name.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Certificates for `*.{key}`, by the parent name, with the app whose
+    /// they are.
+    wildcard: HashMap<String, (Arc<str>, Arc<CertifiedKey>)>,
+    /// Exact hostnames routed to an app but without a certificate of their
+    /// own, with that app: a wildcard certificate of another app never
+    /// serves them (they get the platform certificate), so no tenant's
+    /// wildcard is presented for another tenant's name.
+    routed: HashMap<String, Arc<str>>,
     /// What everything else gets.
     platform: Option<ServedCert>,
-    /// Tenants' certificates by hostname (`*.example.com` for a wildcard):
-    /// what `exact` and `wildcard` are made of.
+    /// Tenants' certificates by hostname (`*.example.com` for a wildcard),
+    /// with their app: what `exact` and `wildcard` are made of.
     hosts: Vec<(String, ServedCert)>,
+    /// Which app each tenant certificate belongs to (parallel to `hosts`).
+    owners: Vec<Arc<str>>,
+    /// Every exact hostname routed, with its app.
+    routes: Vec<(String, Arc<str>)>,
 }
 
 impl CertTable {
     /// The table serving `platform` to everyone and `hosts` (lowercase
-    /// hostnames, `*.example.com` for one label under `example.com`) by SNI.
-    fn new(platform: Option<ServedCert>, hosts: Vec<(String, ServedCert)>) -> CertTable {
+    /// hostnames, `*.example.com` for one label under `example.com`, each
+    /// with its app) by SNI; `routes` are the exact hostnames routed, with
+    /// their apps.
+    fn new(
+        platform: Option<ServedCert>,
+        hosts: Vec<(String, ServedCert)>,
+        owners: Vec<Arc<str>>,
+        routes: Vec<(String, Arc<str>)>,
+    ) -> CertTable {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for (hostname, cert) in &hosts {
+        for ((hostname, cert), owner) in hosts.iter().zip(&owners) {
             match hostname.strip_prefix("*.") {
                 Some(parent) if !parent.is_empty() => {
-                    wildcard.insert(parent.to_string(), cert.key.clone());
+                    wildcard.insert(parent.to_string(), (owner.clone(), cert.key.clone()));
                 }
                 Some(_) => {}
                 None => {
@@ -150,22 +167,33 @@ impl CertTable {
                 }
             }
         }
+        let routed = routes
+            .iter()
+            .filter(|(host, _)| !exact.contains_key(host))
+            .cloned()
+            .collect();
         CertTable {
             exact,
             wildcard,
+            routed,
             platform,
             hosts,
+            owners,
+            routes,
         }
     }
 
-    /// The certificate for the SNI name `sni` (lowercase), if any.
+    /// The certificate for the SNI name `sni` (lowercase; a trailing dot is
+    /// ignored), if any.
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
+            let name = name.strip_suffix('.').unwrap_or(name);
             if let Some(key) = self.exact.get(name) {
                 return Some(key.clone());
             }
             if let Some((_, parent)) = name.split_once('.')
-                && let Some(key) = self.wildcard.get(parent)
+                && let Some((owner, key)) = self.wildcard.get(parent)
+                && self.routed.get(name).is_none_or(|app| app == owner)
             {
                 return Some(key.clone());
             }
@@ -226,8 +254,13 @@ impl CertStore {
     /// on (handshakes and connections under way keep theirs).
     pub fn set_platform(&self, cert: ServedCert) {
         let _writing = lock(&self.writing);
-        let hosts = self.table.load().hosts.clone();
-        self.install(CertTable::new(Some(cert), hosts));
+        let old = self.table.load();
+        self.install(CertTable::new(
+            Some(cert),
+            old.hosts.clone(),
+            old.owners.clone(),
+            old.routes.clone(),
+        ));
     }
 
     /// Serves `hosts` (hostname, certificate) as the tenants' certificates
@@ -236,14 +269,39 @@ impl CertStore {
     /// one label under `example.com`; names are matched lowercase. Of two
     /// entries for one hostname the last is served.
     pub fn set_hosts(&self, hosts: Vec<(String, ServedCert)>) {
-        let by_name: BTreeMap<String, ServedCert> = hosts
+        let unowned: Arc<str> = Arc::from("");
+        self.set_tenants(
+            hosts
+                .into_iter()
+                .map(|(hostname, cert)| (hostname, unowned.clone(), cert))
+                .collect(),
+            Vec::new(),
+        );
+    }
+
+    /// [`CertStore::set_hosts`] with the app each certificate belongs to,
+    /// and the exact hostnames routed (with their apps): a wildcard
+    /// certificate is never served for a name routed to another app.
+    pub fn set_tenants(
+        &self,
+        hosts: Vec<(String, Arc<str>, ServedCert)>,
+        routes: Vec<(String, Arc<str>)>,
+    ) {
+        let by_name: BTreeMap<String, (Arc<str>, ServedCert)> = hosts
             .into_iter()
-            .map(|(hostname, cert)| (normalized(&hostname), cert))
+            .map(|(hostname, app, cert)| (normalized(&hostname), (app, cert)))
             .collect();
-        let hosts: Vec<(String, ServedCert)> = by_name.into_iter().collect();
+        let (hosts, owners) = by_name
+            .into_iter()
+            .map(|(hostname, (app, cert))| ((hostname, cert), app))
+            .unzip();
+        let routes = routes
+            .into_iter()
+            .map(|(host, app)| (normalized(&host), app))
+            .collect();
         let _writing = lock(&self.writing);
         let platform = self.table.load().platform.clone();
-        self.install(CertTable::new(platform, hosts));
+        self.install(CertTable::new(platform, hosts, owners, routes));
     }
 
     /// Reads the platform certificate from `files` and serves it; on any
@@ -333,14 +391,17 @@ impl CertStore {
     pub fn serve_tenants<'a>(
         &self,
         certificates: impl IntoIterator<Item = (&'a str, &'a HostCertificate)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> usize {
+        let mut apps: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut app_name = |app: &'a str| apps.entry(app).or_insert_with(|| Arc::from(app)).clone();
         let mut hosts = Vec::new();
         let mut kept = HashSet::new();
         for (app, cert) in certificates {
             match self.parse_tenant(cert) {
                 Ok(served) => {
                     kept.insert(fingerprint(cert));
-                    hosts.push((cert.hostname.clone(), served));
+                    hosts.push((cert.hostname.clone(), app_name(app), served));
                 }
                 Err(e) => {
                     tracing::error!(
@@ -352,9 +413,14 @@ impl CertStore {
                 }
             }
         }
+        let routes = routes
+            .into_iter()
+            .filter(|(_, host)| !host.starts_with("*."))
+            .map(|(app, host)| (host.to_string(), app_name(app)))
+            .collect();
         lock(&self.parsed).retain(|print, _| kept.contains(print));
         let count = hosts.len();
-        self.set_hosts(hosts);
+        self.set_tenants(hosts, routes);
         count
     }
 }
@@ -394,7 +460,11 @@ mod tests {
         let (shop, apps, platform) = (key(), key(), key());
         let table = CertTable {
             exact: HashMap::from([("shop.example.com".to_string(), shop.clone())]),
-            wildcard: HashMap::from([("apps.test".to_string(), apps.clone())]),
+            wildcard: HashMap::from([("apps.test".to_string(), (Arc::from("apps"), apps.clone()))]),
+            routed: HashMap::from([
+                ("own.apps.test".to_string(), Arc::from("apps")),
+                ("taken.apps.test".to_string(), Arc::from("other")),
+            ]),
             platform: Some(ServedCert {
                 key: platform.clone(),
                 info: CertInfo {
@@ -405,12 +475,19 @@ mod tests {
                 },
             }),
             hosts: Vec::new(),
+            owners: Vec::new(),
+            routes: Vec::new(),
         };
         let is = |sni, want: &Arc<CertifiedKey>| {
             assert!(Arc::ptr_eq(&table.lookup(sni).unwrap(), want), "{sni:?}");
         };
         is(Some("shop.example.com"), &shop);
+        is(Some("shop.example.com."), &shop);
         is(Some("a.apps.test"), &apps);
+        // A name routed to the wildcard's own app gets the wildcard; one
+        // routed to another app never does (it gets the platform's).
+        is(Some("own.apps.test"), &apps);
+        is(Some("taken.apps.test"), &platform);
         // A wildcard covers one label only.
         is(Some("a.b.apps.test"), &platform);
         is(Some("apps.test"), &platform);
@@ -422,6 +499,8 @@ mod tests {
                 .is_none()
         );
     }
+
+    const NO_ROUTES: [(&str, &str); 0] = [];
 
     /// A self-signed certificate for `names` and its key (PEM), valid until
     /// 1 January of `until`.
@@ -626,13 +705,13 @@ mod tests {
             key_pem: pem_pair(&["blog.example.com"], 2100).1,
             ..host_cert("blog.example.com", &pem_pair(&["blog.example.com"], 2100))
         };
-        let count = store.serve_tenants([("shop", &shop), ("blog", &broken)]);
+        let count = store.serve_tenants([("shop", &shop), ("blog", &broken)], NO_ROUTES);
         assert_eq!(count, 1);
         let first = store.lookup(Some("shop.example.com")).unwrap();
         assert!(!Arc::ptr_eq(&first, &platform.key));
         assert!(serves(&store, Some("blog.example.com"), &platform));
         // The same pair again: the parsed one, not a new parse.
-        store.serve_tenants([("shop", &shop)]);
+        store.serve_tenants([("shop", &shop)], NO_ROUTES);
         assert!(Arc::ptr_eq(
             &store.lookup(Some("shop.example.com")).unwrap(),
             &first
@@ -640,7 +719,7 @@ mod tests {
         assert_eq!(lock(&store.parsed).len(), 1);
         // Gone from the apps: gone from the table and forgotten.
         assert_eq!(
-            store.serve_tenants(Vec::<(&str, &HostCertificate)>::new()),
+            store.serve_tenants(Vec::<(&str, &HostCertificate)>::new(), NO_ROUTES),
             0
         );
         assert!(serves(&store, Some("shop.example.com"), &platform));

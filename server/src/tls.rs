@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// ALPN protocol IDs the listener offers, in order of preference.
@@ -158,12 +158,12 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, CertError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::CertPem(e.to_string()))?;
+        .map_err(|e| CertError::CertPem(pem_problem(&e)))?;
     if chain.is_empty() {
         return Err(CertError::NoCertificate);
     }
     let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::NoKey(e.to_string()))?;
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::NoKey(pem_problem(&e)))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -176,6 +176,21 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Ce
         }
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
         Err(e) => Err(CertError::BadCertificate(e.to_string())),
+    }
+}
+
+/// What is wrong with a PEM file, without quoting it: the parser's own
+/// messages carry the offending line, which for a key is key material.
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => {
+            "a BEGIN line has no matching END line (are the line breaks intact?)".into()
+        }
+        E::IllegalSectionStart { .. } => "a BEGIN line is malformed".into(),
+        E::Base64Decode(_) => "the base64 between BEGIN and END does not decode".into(),
+        E::NoItemsFound => "no PEM block found".into(),
+        _ => "it is not well-formed PEM".into(),
     }
 }
 
@@ -313,7 +328,7 @@ pub(crate) enum Handshake {
 
 /// Does the handshakes of one listener, counting them into its stats.
 pub(crate) struct Handshaker {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     timeout: Duration,
     slots: Semaphore,
 }
@@ -321,17 +336,23 @@ pub(crate) struct Handshaker {
 impl Handshaker {
     pub(crate) fn new(settings: TlsSettings) -> Handshaker {
         Handshaker {
-            acceptor: TlsAcceptor::from(settings.config),
+            config: settings.config,
             timeout: settings.handshake_timeout,
             slots: Semaphore::new(settings.max_handshakes.max(1)),
         }
     }
 
-    /// Runs the server side of the handshake on `stream`.
+    /// Runs the server side of the handshake on `stream`. Its ClientHello
+    /// is read before it takes a handshake slot: a client that connects and
+    /// sends nothing (or dribbles) holds only its connection, bounded by
+    /// the connection cap and the handshake timeout, never one of the slots
+    /// that the CPU-heavy part of handshakes is capped by.
     pub(crate) async fn handshake(&self, stream: TcpStream, stats: &ServerStats) -> Handshake {
         let attempt = async {
+            let hello =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
             let _slot = self.slots.acquire().await;
-            self.acceptor.accept(stream).await
+            hello.into_stream(self.config.clone()).await
         };
         let stream = match tokio::time::timeout(self.timeout, attempt).await {
             Err(_) => {
@@ -362,5 +383,37 @@ impl Handshaker {
             stream: Box::new(stream),
             h2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key pasted on one line (spaces for line breaks, as from an
+    /// environment variable) must not come back in the error: the PEM
+    /// parser's own message quotes the offending line.
+    #[test]
+    fn a_malformed_key_is_not_quoted_in_the_error() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key_pem = key.serialize_pem();
+        let body: Vec<&str> = key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        for broken in [key_pem.replace('\n', " "), key_pem.replace('\n', "\\n")] {
+            let err = certified_key(cert.pem().as_bytes(), broken.as_bytes()).expect_err("refused");
+            let text = format!("{err} {err:?}");
+            for line in &body {
+                assert!(!text.contains(&line[..16]), "the key leaked: {text}");
+            }
+            assert!(text.contains("no private key found"), "{text}");
+        }
+        // The good pair loads.
+        assert!(certified_key(cert.pem().as_bytes(), key_pem.as_bytes()).is_ok());
     }
 }

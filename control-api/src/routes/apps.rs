@@ -137,11 +137,23 @@ pub(crate) async fn add_domain(
             req.hostname
         )));
     }
-    if hostname.ends_with(&format!(".{}", s.config.platform_domain)) {
+    let platform = &s.config.platform_domain;
+    if hostname == *platform || hostname.ends_with(&format!(".{platform}")) {
         return Err(ApiError::Invalid(format!(
-            "hostnames under `{}` are assigned by the platform",
-            s.config.platform_domain
+            "`{platform}` and the hostnames under it are assigned by the platform"
         )));
+    }
+    if let Some(parent) = hostname.strip_prefix("*.") {
+        if *platform == parent || platform.ends_with(&format!(".{parent}")) {
+            return Err(ApiError::Invalid(format!(
+                "`{hostname}` would cover the platform's hostnames under `{platform}`"
+            )));
+        }
+        if psl::suffix_str(parent) == Some(parent) {
+            return Err(ApiError::Invalid(format!(
+                "`{hostname}` would cover every site under the public suffix `{parent}`"
+            )));
+        }
     }
     // Checked before anything is written: a refusal changes nothing.
     let certificate = match &req.certificate {
@@ -150,10 +162,15 @@ pub(crate) async fn add_domain(
             if s.store.master_key().is_none() {
                 return Err(ApiError::NoMasterKey);
             }
-            Some(
-                crate::certificate::check(&hostname, upload, unix_now())
-                    .map_err(ApiError::Certificate)?,
-            )
+            // Parsing keys and certificates is CPU work a tenant chooses
+            // the size of (RSA-4096…): off the executor.
+            let (host, upload) = (hostname.clone(), upload.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                crate::certificate::check(&host, &upload, unix_now())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Some(checked.map_err(ApiError::Certificate)?)
         }
     };
     let written = s

@@ -570,6 +570,81 @@ async fn without_a_master_key_certificates_are_refused_and_plain_domains_still_w
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_tenant_takes_the_platform_apex_or_names_wholesale_with_a_wildcard() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let api = crate::start_with(&db, |c| c.platform_domain = "apps.example.net".into()).await;
+    let op = Caller::operator(&api.url());
+    let t = Tenant::new(op.create_tenant("mallory", json!({})).await);
+    t.app("web", false).await;
+    let revision = api.state.store.revision().await.unwrap();
+    for (host, says) in [
+        ("apps.example.net", "assigned by the platform"),
+        ("x.apps.example.net", "assigned by the platform"),
+        ("*.apps.example.net", "assigned by the platform"),
+        ("*.example.net", "would cover the platform's hostnames"),
+        ("*.co.uk", "public suffix `co.uk`"),
+        ("*.github.io", "public suffix `github.io`"),
+        ("*.com", "is not a hostname"),
+    ] {
+        let r = t
+            .post("/v1/apps/web/domains", json!({"hostname": host}))
+            .await;
+        assert_problem(&r, 400, "invalid-request", says);
+    }
+    assert_eq!(api.state.store.revision().await.unwrap(), revision);
+    assert_eq!(t.get("/v1/domains").await.json, json!([]));
+    // A wildcard of its own is fine.
+    let r = t
+        .post(
+            "/v1/apps/web/domains",
+            json!({"hostname": "*.mallory.example.org"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holds_at_most_its_share_of_custom_hostnames() {
+    // Every custom hostname (and its certificate) goes to every gateway.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let api = crate::start(&db).await;
+    let op = Caller::operator(&api.url());
+    let t = Tenant::new(op.create_tenant("acme", json!({})).await);
+    let bystander = Tenant::new(op.create_tenant("other", json!({})).await);
+    t.app("shop", false).await;
+    t.app("blog", false).await;
+    bystander.app("web", false).await;
+    let max = gannet_control_api::store::MAX_CUSTOM_HOSTNAMES_PER_TENANT;
+    for n in 0..max {
+        let app = if n % 2 == 0 { "shop" } else { "blog" };
+        let r = t
+            .post(
+                &format!("/v1/apps/{app}/domains"),
+                json!({"hostname": format!("h{n}.example.com")}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{n}: {}", r.json);
+    }
+    let revision = api.state.store.revision().await.unwrap();
+    let r = t
+        .post(
+            "/v1/apps/shop/domains",
+            json!({"hostname": "one-more.example.com"}),
+        )
+        .await;
+    assert_problem(&r, 403, "quota-exceeded", "at most 100 custom hostnames");
+    assert_eq!(api.state.store.revision().await.unwrap(), revision);
+    // Another tenant is not held to this one's count.
+    let r = bystander
+        .post(
+            "/v1/apps/web/domains",
+            json!({"hostname": "web.example.net"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_sealed_for_another_hostname_or_master_key_does_not_open_and_is_left_out() {
     for backend in backends() {
         let db = TestDb::new(backend).await;
