@@ -385,8 +385,7 @@ impl prometheus::core::Collector for OutboundRefusals {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (reason, total) in gannet_runtime::outbound::outbound_refusals() {
-            let counter = self.counters.with_label_values(&[reason]);
-            counter.inc_by(total.saturating_sub(counter.get()));
+            catch_up(&self.counters.with_label_values(&[reason]), total);
         }
         prometheus::core::Collector::collect(&self.counters)
     }
@@ -480,7 +479,7 @@ impl prometheus::core::Collector for ServerConnections {
             .set(i64::try_from(self.stats.open()).unwrap_or(i64::MAX));
         let mut families = prometheus::core::Collector::collect(&self.open);
         for (counter, read) in &self.counters {
-            counter.inc_by(read(&self.stats).saturating_sub(counter.get()));
+            catch_up(counter, read(&self.stats));
             families.extend(prometheus::core::Collector::collect(counter));
         }
         families
@@ -623,8 +622,7 @@ impl prometheus::core::Collector for MemoryBudgetGauges {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.limit.set(gauge(self.budget.limit()));
         self.used.set(gauge(self.budget.used()));
-        self.refusals
-            .inc_by(self.budget.refused().saturating_sub(self.refusals.get()));
+        catch_up(&self.refusals, self.budget.refused());
         let mut families = prometheus::core::Collector::collect(&self.limit);
         families.extend(prometheus::core::Collector::collect(&self.used));
         families.extend(prometheus::core::Collector::collect(&self.refusals));

@@ -8,7 +8,6 @@
 use crate::certs::{self, CertFiles, NOT_AFTER_2040, arg, ca_pem, jan_first, leaf, leaf_until};
 use crate::control::{POP, Platform};
 use crate::harness::{Body, Gateway, Reply, component, empty_body, eventually, shared_cache};
-use http_body_util::BodyExt;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -79,20 +78,7 @@ impl Conn {
             .send_request(req)
             .await
             .map_err(|e| format!("request: {e:?}"))?;
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers: parts.headers,
-            body,
-            version,
-        })
+        Reply::read(resp).await
     }
 }
 

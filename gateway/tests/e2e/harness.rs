@@ -278,6 +278,28 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads `resp` whole.
+    pub async fn read<B>(resp: http::Response<B>) -> Result<Reply, String>
+    where
+        B: hyper::body::Body,
+        B::Error: std::fmt::Display,
+    {
+        let status = resp.status().as_u16();
+        let version = resp.version();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers: parts.headers,
+            body,
+            version,
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -329,20 +351,7 @@ impl Http {
         let resp = self
             .request(addr, host, method, path, headers, body)
             .await?;
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers: parts.headers,
-            body,
-            version,
-        })
+        Reply::read(resp).await
     }
 
     /// Sends a request and returns the response with its body unread.

@@ -10,7 +10,6 @@ use crate::certs::{
 };
 use crate::harness::{Body, Gateway, Http, Reply, app, empty_body, eventually, shared_cache};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::{Resumption, Tls12Resumption};
@@ -182,20 +181,7 @@ impl TlsConn {
             }
         };
         let resp = sent.map_err(|e| format!("request: {e:?}"))?;
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers: parts.headers,
-            body,
-            version,
-        })
+        Reply::read(resp).await
     }
 
     /// The leaf certificate the server presented (DER; empty if none).
