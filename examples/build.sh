@@ -13,7 +13,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-guests=(hello echo env spin hog panic sleep print outbound probe)
+guests=(hello echo env spin hog panic sleep print outbound probe page)
 target_dir="${CARGO_TARGET_DIR:-$here/rust/target}"
 cargo build --quiet --release --target wasm32-wasip2 \
   --manifest-path "$here/rust/Cargo.toml" --target-dir "$target_dir"

@@ -36,7 +36,7 @@ pub fn shared_cache() -> PathBuf {
         let routes_dir = tempfile::tempdir().unwrap();
         let all = [
             "hello", "echo", "env", "spin", "hog", "panic", "sleep", "print", "outbound", "probe",
-            "hello-js", "echo-js", "hello-py", "echo-py",
+            "page", "hello-js", "echo-js", "hello-py", "echo-py",
         ];
         let mut routes = String::new();
         for name in all {

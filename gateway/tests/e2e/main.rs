@@ -5,6 +5,7 @@ mod certs;
 mod control;
 mod harness;
 
+mod browser;
 mod cache;
 mod domains;
 mod fair;
