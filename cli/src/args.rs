@@ -155,8 +155,11 @@ pub struct DevArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainsCommand {
-    /// Add a hostname to an app, with its own certificate if given; for a
-    /// hostname the app already has, replace its certificate.
+    /// Add a hostname to an app: with its own certificate if given, else
+    /// with a certificate the platform obtains and renews over ACME
+    /// (`--managed`, the default when the platform has an ACME CA). For a
+    /// hostname the app already has, replace how its certificate is
+    /// provided.
     Add {
         /// The hostname.
         hostname: String,
@@ -170,6 +173,11 @@ pub enum DomainsCommand {
         /// encrypted, never shown again).
         #[arg(long, requires = "cert")]
         key: Option<std::path::PathBuf>,
+        /// Have the platform obtain and renew the certificate (ACME
+        /// HTTP-01): the hostname serves only its challenge until the
+        /// first one is issued; `gannet domains list` shows where it stands.
+        #[arg(long, conflicts_with = "cert")]
+        managed: bool,
     },
     /// List your custom hostnames and their certificates.
     List {
@@ -211,6 +219,19 @@ pub enum AdminCommand {
     /// Manage gateways.
     #[command(subcommand)]
     Gateways(GatewaysCommand),
+    /// Managed certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Obtain a new managed certificate for a hostname now (the current
+    /// one is served until it is issued).
+    Renew {
+        /// The hostname.
+        hostname: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -45,7 +45,13 @@ impl fmt::Display for ApiFailure {
                 Ok(())
             }
             ApiFailure::Server { status, body } => {
-                write!(f, "the control API failed ({status}): {body}")
+                // A problem document says what is wrong in words.
+                match serde_json::from_str::<Problem>(body) {
+                    Ok(problem) if !problem.detail.is_empty() => {
+                        write!(f, "the control API failed ({status}): {}", problem.detail)
+                    }
+                    _ => write!(f, "the control API failed ({status}): {body}"),
+                }
             }
             ApiFailure::Network(e) => write!(f, "{e}"),
         }
@@ -169,6 +175,12 @@ impl Client {
     }
 
     /// DELETE `path`.
+    pub async fn post_empty(&self, path: &str) -> Result<(), ApiFailure> {
+        self.send::<serde_json::Value>(self.request(Method::POST, path))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ApiFailure> {
         self.send::<serde_json::Value>(self.request(Method::DELETE, path))
             .await

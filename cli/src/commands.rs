@@ -4,8 +4,8 @@
 #![allow(clippy::print_literal)]
 
 use crate::args::{
-    AdminCommand, AppsCommand, Cli, Command, DeployArgs, DomainsCommand, GatewaysCommand,
-    PopsCommand, TenantsCommand, TokensCommand,
+    AdminCommand, AppsCommand, CertsCommand, Cli, Command, DeployArgs, DomainsCommand,
+    GatewaysCommand, PopsCommand, TenantsCommand, TokensCommand,
 };
 use crate::client::Client;
 use crate::settings;
@@ -48,12 +48,21 @@ fn print_domains(domains: &[Domain]) {
                 c.names.join(","),
                 c.issuer.as_str(),
             ),
+            None if d.managed.is_some() => ("managed", "-".to_string(), "-".to_string(), "-"),
             None => ("platform", "-".to_string(), "-".to_string(), "-"),
         };
         println!(
             "{:<32} {:<16} {:<8} {:<26} {:<32} {}",
             d.hostname, d.app, kind, expires, names, issuer
         );
+        if let Some(m) = &d.managed {
+            match &m.error {
+                Some(error) if m.state == "failed" => {
+                    println!("  state: failed: {error}");
+                }
+                _ => println!("  state: {}", m.state),
+            }
+        }
     }
 }
 
@@ -129,6 +138,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status { app } => status(&client, &app, json).await?,
         Command::Admin(AdminCommand::Pops(cmd)) => pops(&client, cmd, json).await?,
         Command::Admin(AdminCommand::Gateways(cmd)) => gateways(&client, cmd, json).await?,
+        Command::Admin(AdminCommand::Certs(CertsCommand::Renew { hostname })) => {
+            client
+                .post_empty(&format!("/v1/admin/domains/{hostname}/renew"))
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({ "hostname": hostname, "renewing": true }));
+            }
+            println!(
+                "{hostname}: a new certificate is being obtained (`gannet domains list` shows when it is issued)"
+            );
+        }
         Command::Whoami => {
             let me: WhoAmI = client.get("/v1/whoami").await?;
             if json {
@@ -187,6 +207,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             app,
             cert,
             key,
+            managed,
         }) => {
             let certificate = match (cert, key) {
                 (Some(cert), Some(key)) => Some(CertificateUpload {
@@ -202,6 +223,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     &AddDomain {
                         hostname: hostname.clone(),
                         certificate,
+                        managed: managed.then_some(true),
                     },
                 )
                 .await?;
@@ -211,7 +233,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             if with_cert {
                 println!("{hostname} now serves {} with its own certificate", a.name);
             } else {
-                println!("{hostname} now serves {}", a.name);
+                // Whether the platform manages it: the listing says.
+                let domains: Vec<Domain> = client.get(&format!("/v1/apps/{app}/domains")).await?;
+                match domains.iter().find(|d| d.hostname == hostname) {
+                    Some(d) if d.managed.is_some() => println!(
+                        "{hostname} will serve {} once its certificate is issued (`gannet domains list --app {app}` shows progress)",
+                        a.name
+                    ),
+                    _ => println!("{hostname} now serves {}", a.name),
+                }
             }
         }
         Command::Domains(DomainsCommand::List { app }) => {

@@ -39,6 +39,9 @@ pub struct ApiConfig {
     /// pass one. Without it, uploading a certificate is refused (503
     /// `certificates-unavailable`) and plain custom hostnames still work.
     pub master_key: Option<crate::master_key::MasterKey>,
+    /// Managed certificates over ACME: off (`None`) unless the operator
+    /// names a directory.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             faults: crate::fault::Faults::default(),
             server: gannet_server::ServerLimits::default(),
             master_key: None,
+            acme: None,
         }
     }
 }

@@ -25,7 +25,7 @@
 
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{
-    AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
 };
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, HashMap};
@@ -243,6 +243,11 @@ pub struct GatewayState {
     pub failed_apps: Vec<FailedApp>,
 }
 
+/// Whether hostname `h` serves traffic: every one but a managed hostname
+/// still waiting for its first certificate.
+const SERVES_TRAFFIC: &str = "NOT EXISTS (SELECT 1 FROM managed_domains m WHERE m.hostname = h.hostname \
+     AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.hostname = h.hostname))";
+
 /// A store result.
 pub type DbResult<T> = Result<T, sqlx::Error>;
 
@@ -305,7 +310,7 @@ impl Store {
     }
 
     /// Every app with an active version, as gateways serve it; or only those
-    /// with ids in `only`. Five queries, however many apps.
+    /// with ids in `only`. Six queries, however many apps.
     ///
     /// Certificates come with their private keys opened with the master
     /// key: this is for gateways only. A key the master key does not open
@@ -327,9 +332,25 @@ impl Store {
              JOIN components c ON c.digest = v.digest{} ORDER BY a.id",
             filter("a.id")
         );
+        // A managed hostname without a certificate yet serves nothing but
+        // its challenge (the CA's validation is its owner's proof).
         let hosts_sql = format!(
-            "SELECT app_id, hostname FROM hostnames{} ORDER BY app_id, kind DESC, hostname",
-            filter("app_id")
+            "SELECT h.app_id, h.hostname FROM hostnames h{} ORDER BY h.app_id, h.kind DESC, h.hostname",
+            match only {
+                Some(ids) => format!(
+                    " WHERE h.app_id IN ({}) AND {SERVES_TRAFFIC}",
+                    placeholders(1, ids.len())
+                ),
+                None => format!(" WHERE {SERVES_TRAFFIC}"),
+            }
+        );
+        let challenges_sql = format!(
+            "SELECT h.app_id, m.hostname, m.challenge_token, m.challenge_key_authorization FROM managed_domains m \
+             JOIN hostnames h ON h.hostname = m.hostname WHERE m.challenge_token IS NOT NULL{} ORDER BY h.app_id, m.hostname",
+            match only {
+                Some(ids) => format!(" AND h.app_id IN ({})", placeholders(1, ids.len())),
+                None => String::new(),
+            }
         );
         let versions_sql = format!(
             "SELECT DISTINCT app_id, digest FROM versions{} ORDER BY app_id, digest",
@@ -392,6 +413,20 @@ impl Store {
                     key_pem,
                 });
         }
+        let mut challenges: HashMap<i64, Vec<AcmeChallenge>> = HashMap::new();
+        for r in bind_ids(sqlx::query(&challenges_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            challenges
+                .entry(r.try_get("app_id")?)
+                .or_default()
+                .push(AcmeChallenge {
+                    hostname: r.try_get("hostname")?,
+                    token: r.try_get("challenge_token")?,
+                    key_authorization: r.try_get("challenge_key_authorization")?,
+                });
+        }
         let bad = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
         let digest = |d: &str| {
             d.parse::<gannet_model::Sha256Digest>()
@@ -427,6 +462,7 @@ impl Store {
                         .map_err(bad)?,
                     retain,
                     certificates: certificates.remove(&app_id).unwrap_or_default(),
+                    challenges: challenges.remove(&app_id).unwrap_or_default(),
                 },
             ));
         }

@@ -95,6 +95,12 @@ pub enum ApiError {
         "this control API has no master key, so it cannot store certificates' private keys: the operator must start it with --master-key-file or GANNET_MASTER_KEY"
     )]
     NoMasterKey,
+    /// Managed certificates were asked for, but the operator configured
+    /// no ACME directory.
+    #[error(
+        "this control API obtains no certificates (the operator has not set --acme-directory): upload your own with --cert/--key"
+    )]
+    AcmeUnavailable,
     /// Anything else.
     #[error("internal error")]
     Internal(String),
@@ -162,6 +168,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "certificates-unavailable",
                 "Certificates unavailable",
+            ),
+            ApiError::AcmeUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "managed-certificates-unavailable",
+                "Managed certificates unavailable",
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

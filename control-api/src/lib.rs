@@ -12,10 +12,12 @@
 //! - [`error`]: `ApiError` → `application/problem+json`;
 //! - [`certificate`]: the checks a tenant's own certificate passes;
 //! - [`master_key`]: the operator's key that seals private keys at rest;
+//! - [`acme`]: managed certificates (the ACME worker and its rows);
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //!
 //! It never runs guests; it only validates them with the runtime crate.
 
+pub mod acme;
 pub mod auth;
 pub mod blob;
 pub mod certificate;
@@ -65,6 +67,11 @@ pub struct AppState {
     pub notifier: desired_state::Notifier,
     /// Cancelled when the server stops (ends long-polls).
     pub shutdown: CancellationToken,
+    /// Wakes the ACME worker (a managed hostname was added or asked to
+    /// renew).
+    pub acme_wake: Arc<tokio::sync::Notify>,
+    /// Whether this process's ACME worker was started.
+    pub acme_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What [`AppState::build`] also reports: a bootstrap operator token, when
@@ -135,6 +142,8 @@ impl AppState {
                 limiter,
                 notifier,
                 shutdown: CancellationToken::new(),
+                acme_wake: Arc::new(tokio::sync::Notify::new()),
+                acme_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             bootstrap_token,
         })
@@ -238,6 +247,7 @@ async fn serve_on(
 ) -> std::io::Result<()> {
     let polls = state.shutdown.clone();
     let limits = state.config.server.clone();
+    acme::spawn(state.clone(), shutdown.clone());
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let end_polls = {
         let shutdown = shutdown.clone();

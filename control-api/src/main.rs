@@ -11,9 +11,14 @@
 //! With `--tls-cert`/`--tls-key` it serves HTTPS, and SIGHUP reloads the
 //! pair (a pair that cannot be used is logged with its reason and the
 //! current one keeps serving).
+//!
+//! With `--acme-directory URL` it obtains and renews certificates for
+//! tenants' managed hostnames over ACME (HTTP-01, answered by the gateways);
+//! `--acme-ca-cert` trusts a private ACME CA.
 
 use anyhow::Context;
 use clap::Parser;
+use gannet_control_api::acme::AcmeConfig;
 use gannet_control_api::compile::{CompileConfig, CompileIsolation};
 use gannet_control_api::compile_worker::WorkerLimits;
 use gannet_control_api::master_key::MasterKey;
@@ -97,6 +102,27 @@ struct Args {
     /// HTTPS: the certificate and key to serve, and the handshake limits.
     #[command(flatten)]
     tls: gannet_server::TlsArgs,
+    /// Managed certificates: the ACME CA's directory URL (e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory, or its staging
+    /// one). Without it, tenants upload their own certificates.
+    #[arg(long, env = "GANNET_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// A contact for the ACME account (`mailto:ops@example.net`); repeat
+    /// for several.
+    #[arg(
+        long = "acme-contact",
+        env = "GANNET_ACME_CONTACT",
+        value_delimiter = ','
+    )]
+    acme_contact: Vec<String>,
+    /// Trust only the CA certificates in this PEM file for the ACME server
+    /// (a private CA); the web's public roots otherwise.
+    #[arg(long, env = "GANNET_ACME_CA_CERT")]
+    acme_ca_cert: Option<PathBuf>,
+    /// Renew managed certificates this many days before they expire (a
+    /// third of the lifetime for shorter-lived ones).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=365))]
+    acme_renew_before_days: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -150,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         faults: gannet_control_api::fault::Faults::from_env().map_err(anyhow::Error::msg)?,
         server: args.server.limits(),
         master_key: Some(master_key),
+        acme: acme_config(&args)?,
         ..ApiConfig::default()
     };
     // A certificate that cannot be served stops the start, before anything
@@ -197,6 +224,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => serve(listener, built.state, shutdown).await?,
     }
     Ok(())
+}
+
+/// The ACME settings, when `--acme-directory` is given.
+fn acme_config(args: &Args) -> anyhow::Result<Option<AcmeConfig>> {
+    let Some(directory) = &args.acme_directory else {
+        return Ok(None);
+    };
+    if !directory.starts_with("https://") {
+        anyhow::bail!("--acme-directory must be an https:// URL, not `{directory}`");
+    }
+    let mut config = AcmeConfig::new(directory.clone());
+    config.contact = args.acme_contact.clone();
+    config.ca_file = args.acme_ca_cert.clone();
+    config.renew_before = Duration::from_secs(args.acme_renew_before_days * 24 * 3600);
+    Ok(Some(config))
 }
 
 /// The master key: from `--master-key-file` (which wins), else from

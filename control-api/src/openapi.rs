@@ -8,7 +8,7 @@ use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop
 use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
 use gannet_model::snapshot::{
-    AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "Gannet control API", version = "1", description = "Tenants, tokens, apps, uploads, versions and quotas. Errors are application/problem+json with a stable `type` per kind."),
     paths(
-        admin::create_tenant, admin::list_tenants, admin::create_tenant_token,
+        admin::create_tenant, admin::list_tenants, admin::create_tenant_token, admin::renew_domain,
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::list_app_domains,
         apps::remove_domain, apps::list_domains,
@@ -29,10 +29,10 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
-        CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary,
+        CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary, ManagedCertificate,
         AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
-        AppReport, FailedApp, GatewayState, HostCertificate,
+        AppReport, FailedApp, GatewayState, HostCertificate, AcmeChallenge,
     )),
     modifiers(&BearerAuth),
     tags(

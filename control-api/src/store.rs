@@ -29,7 +29,8 @@ use crate::desired_state::{Scope, append_change};
 use crate::fault::{FaultPoint, Faults};
 use crate::master_key::{CryptoError, MasterKey, certificate_key_aad};
 use gannet_model::api::{
-    App, AuditEntry, CertificateSummary, Domain, Quotas, Tenant, TokenInfo, Version,
+    App, AuditEntry, CertificateSummary, Domain, ManagedCertificate, Quotas, Tenant, TokenInfo,
+    Version,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -133,6 +134,17 @@ pub struct KeyCheck {
     pub opened: usize,
     /// Hostnames whose private key it does not open.
     pub failed: Vec<String>,
+}
+
+/// The certificate [`Store::add_domain`] gives a hostname.
+#[derive(Debug, Clone, Copy)]
+pub enum DomainCertificate<'a> {
+    /// None: HTTPS clients get the platform's.
+    None,
+    /// The tenant's own, checked.
+    Own(&'a CheckedCertificate),
+    /// One the platform obtains over ACME (see [`crate::acme`]).
+    Managed,
 }
 
 /// What [`Store::add_domain`] did.
@@ -654,8 +666,13 @@ impl Store {
         &self,
         app_id: i64,
         hostname: &str,
-        certificate: Option<&CheckedCertificate>,
+        wanted: DomainCertificate<'_>,
     ) -> Result<DomainWritten, WriteError> {
+        let certificate = match wanted {
+            DomainCertificate::Own(c) => Some(c),
+            _ => None,
+        };
+        let managed = matches!(wanted, DomainCertificate::Managed);
         let sealed = match certificate {
             Some(c) => {
                 let key = self.master_key.as_ref().ok_or(WriteError::NoMasterKey)?;
@@ -706,7 +723,7 @@ impl Store {
                 let owner: i64 = row.try_get("app_id")?;
                 let kind: String = row.try_get("kind")?;
                 let own = owner == app_id && kind == "custom";
-                if !own || sealed.is_none() {
+                if !own || (sealed.is_none() && !managed) {
                     return Err(WriteError::HostnameTaken(hostname_taken(hostname, own)));
                 }
                 false
@@ -728,6 +745,24 @@ impl Store {
             .bind(to_json(&info.names))
             .bind(info.not_before)
             .bind(info.not_after)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            // The tenant's own certificate replaces a managed one: the
+            // platform stops obtaining it.
+            sqlx::query("DELETE FROM managed_domains WHERE hostname = $1")
+                .bind(hostname)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if managed {
+            // Due now; a certificate the hostname already has (the
+            // tenant's own) is served until the managed one is issued.
+            sqlx::query(
+                "INSERT INTO managed_domains (hostname, state, next_attempt_ms, updated_ms) VALUES ($1, 'pending', $2, $2) \
+                 ON CONFLICT (hostname) DO UPDATE SET next_attempt_ms = excluded.next_attempt_ms, failures = 0, updated_ms = excluded.updated_ms",
+            )
+            .bind(hostname)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -763,6 +798,10 @@ impl Store {
             .bind(hostname)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM managed_domains WHERE hostname = $1")
+            .bind(hostname)
+            .execute(&mut *tx)
+            .await?;
         let revision = self.append_change(&mut tx, app_id).await?;
         tx.commit().await?;
         Ok(Some(revision))
@@ -782,8 +821,9 @@ impl Store {
         };
         let sql = format!(
             "SELECT h.hostname, a.name AS app, h.created_ms, c.kind AS cert_kind, c.issuer, c.names_json, \
-             c.not_before, c.not_after, c.updated_ms \
+             c.not_before, c.not_after, c.updated_ms, m.state AS managed_state, m.error AS managed_error, m.next_attempt_ms \
              FROM hostnames h JOIN apps a ON a.id = h.app_id LEFT JOIN certificates c ON c.hostname = h.hostname \
+             LEFT JOIN managed_domains m ON m.hostname = h.hostname \
              WHERE a.tenant_id = $1 AND h.kind = 'custom'{one_app} ORDER BY a.name, h.hostname"
         );
         let mut query = sqlx::query(&sql).bind(tenant_id);
@@ -810,10 +850,21 @@ impl Store {
                         updated_ms: r.try_get::<Option<i64>, _>("updated_ms")?.unwrap_or(0),
                     }),
                 };
+                let managed = match r.try_get::<Option<String>, _>("managed_state")? {
+                    None => None,
+                    Some(state) => Some(ManagedCertificate {
+                        state,
+                        error: r.try_get("managed_error")?,
+                        next_attempt_ms: r
+                            .try_get::<Option<i64>, _>("next_attempt_ms")?
+                            .unwrap_or(0),
+                    }),
+                };
                 Ok(Domain {
                     hostname: r.try_get("hostname")?,
                     app: r.try_get("app")?,
                     certificate,
+                    managed,
                     created_ms: r.try_get("created_ms")?,
                 })
             })
@@ -856,7 +907,11 @@ impl Store {
 
     /// Appends the change of `app_id` just written in `tx` to the feed, with
     /// the fault points around it.
-    async fn append_change(&self, tx: &mut AnyConnection, app_id: i64) -> Result<i64, WriteError> {
+    pub(crate) async fn append_change(
+        &self,
+        tx: &mut AnyConnection,
+        app_id: i64,
+    ) -> Result<i64, WriteError> {
         self.faults.at(FaultPoint::ChangeWritten).await;
         let revision = append_change(tx, self.dialect, app_id, Scope::Everywhere).await?;
         self.faults.at(FaultPoint::FeedWritten).await;

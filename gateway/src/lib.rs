@@ -8,13 +8,15 @@
 //! - [`body`]: streaming request/response bodies with their limits;
 //! - [`error`]: the one place platform responses (404, 413, 503…) are made;
 //! - [`server`]: accept loop and graceful drain; [`admin`]: metrics, probes;
-//! - [`routes_file`]: the routes file and its validation.
+//! - [`routes_file`]: the routes file and its validation;
+//! - [`challenges`]: ACME HTTP-01 answers, by host and token, apart from routing.
 //!
 //! It must not touch a database or the control plane on the hot path.
 
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod challenges;
 pub mod config;
 pub mod error;
 pub mod guests;
@@ -30,6 +32,7 @@ pub use config::{ControlPlane, Fairness, GatewayConfig, Https};
 
 use crate::admin::Readiness;
 use crate::cache::{ComponentCache, PrepareError};
+use crate::challenges::Challenges;
 use crate::guests::GuestRuntime;
 use crate::invoke::State;
 use crate::metrics::{AppMetrics, Metrics};
@@ -114,6 +117,8 @@ pub struct Gateway {
     readiness: Arc<Readiness>,
     /// The certificates the TLS listener serves.
     certs: Arc<CertStore>,
+    /// The ACME HTTP-01 challenges both listeners answer.
+    challenges: Arc<Challenges>,
     /// Serializes reloads; holds the digest memo (path → mtime, size, digest).
     reload: Mutex<HashMap<PathBuf, (SystemTime, u64, Sha256Digest)>>,
 }
@@ -172,6 +177,7 @@ impl Gateway {
             config,
             state,
             certs,
+            challenges: Arc::new(Challenges::new()),
             readiness: Arc::new(Readiness::default()),
             reload: Mutex::new(HashMap::new()),
         };
@@ -244,6 +250,13 @@ impl Gateway {
     /// The certificates the TLS listener serves.
     pub fn certs(&self) -> &Arc<CertStore> {
         &self.certs
+    }
+
+    /// The ACME HTTP-01 challenges both listeners answer (replaced whole
+    /// when a revision from the control API is applied; a routes-file
+    /// gateway has none).
+    pub fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
     }
 
     /// Loads (from the disk cache) or compiles `spec`'s component and keeps
@@ -445,13 +458,21 @@ impl Gateway {
         let plain = server::serve(
             listener,
             self.state.clone(),
+            self.challenges.clone(),
             limits.clone(),
             redirect_to,
             shutdown.clone(),
         );
         match tls {
             Some((l, settings, _)) => {
-                let secure = server::serve_tls(l, settings, self.state.clone(), limits, shutdown);
+                let secure = server::serve_tls(
+                    l,
+                    settings,
+                    self.state.clone(),
+                    self.challenges.clone(),
+                    limits,
+                    shutdown,
+                );
                 tokio::join!(plain, secure);
             }
             None => plain.await,

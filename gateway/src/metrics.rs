@@ -25,6 +25,7 @@
 //! | `gannet_sync_last_success_timestamp_seconds` | gauge | |
 //! | `gannet_component_prepare_failures_total` | counter | kind (refused, remembered, transient) |
 //! | `gannet_sync_artifacts_collected_total` | counter | |
+//! | `gannet_acme_challenges_answered_total` | counter | |
 //! | `gannet_outbound_refused_total` | counter | reason (concurrency-cap, total-cap, denied-host, denied-ip, timeout, dns-busy) |
 //! | `gannet_connections_open` | gauge | |
 //! | `gannet_connections_accepted_total`, `gannet_connections_shed_total`, `gannet_connections_refused_total` | counter | |
@@ -78,6 +79,7 @@ pub struct Metrics {
     pub(crate) sync_last_success: IntGauge,
     pub(crate) prepare_failures: IntCounterVec,
     pub(crate) sync_collected: IntCounter,
+    pub(crate) acme_challenges_answered: IntCounter,
     /// The public listeners' connection and TLS counters
     /// (`gannet_connections_*`, `gannet_tls_*`).
     pub server: gannet_server::ServerStats,
@@ -295,6 +297,13 @@ impl Metrics {
                 IntCounter::new(
                     "gannet_sync_artifacts_collected_total",
                     "Components deleted from the state and cache directories because no served or retained version uses them.",
+                )?,
+            ),
+            acme_challenges_answered: reg(
+                &r,
+                IntCounter::new(
+                    "gannet_acme_challenges_answered_total",
+                    "ACME HTTP-01 challenges answered.",
                 )?,
             ),
             server,

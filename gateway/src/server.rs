@@ -2,11 +2,15 @@
 //! TLS with ALPN, idle timers, the connection cap, graceful drain) serving
 //! [`handle`]. The plain listener serves `http` (or, with
 //! `--redirect-http`, answers 308 to the https URL); the TLS listener
-//! serves `https`. Their counters are the gateway's `gannet_connections_*`
-//! and `gannet_tls_*` metrics.
+//! serves `https`. Both answer ACME HTTP-01 challenges first, by host and
+//! token ([`crate::challenges`]), before any redirect or routing; other
+//! paths pay one `starts_with`. Their counters are the gateway's
+//! `gannet_connections_*` and `gannet_tls_*` metrics.
 
 use crate::body::GatewayBody;
+use crate::challenges::{ACME_CHALLENGE, Challenges};
 use crate::invoke::{State, handle};
+use crate::metrics::Metrics;
 use crate::router::request_host;
 use bytes::Bytes;
 use gannet_server::{ServerLimits, TlsSettings};
@@ -19,24 +23,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-/// Where ACME HTTP-01 challenges are asked for: never redirected.
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
-
 /// Serves plain HTTP on `listener` within `limits` until `shutdown` fires,
 /// then stops accepting and waits up to `limits.drain_timeout` for
-/// in-flight requests to finish. With `redirect_to` (the public HTTPS
-/// port), requests for a known host are answered 308 to the https URL.
+/// in-flight requests to finish. ACME challenges in `challenges` are
+/// answered first; then, with `redirect_to` (the public HTTPS port),
+/// requests for a known host are answered 308 to the https URL.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
+    challenges: Arc<Challenges>,
     limits: ServerLimits,
     redirect_to: Option<u16>,
     shutdown: CancellationToken,
 ) {
     let stats = state.metrics.server.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let acme = acme_answer(&challenges, &state.metrics, &req);
         let state = state.clone();
         async move {
+            if let Some(answer) = acme {
+                return Ok::<_, Infallible>(answer);
+            }
             if let Some(port) = redirect_to
                 && let Some(redirect) = https_redirect(&state, &req, port)
             {
@@ -53,15 +60,42 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: TlsSettings,
     state: Arc<State>,
+    challenges: Arc<Challenges>,
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
     let stats = state.metrics.server.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let acme = acme_answer(&challenges, &state.metrics, &req);
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req, Scheme::Https).await) }
+        async move {
+            if let Some(answer) = acme {
+                return Ok::<_, Infallible>(answer);
+            }
+            Ok(handle(&state, req, Scheme::Https).await)
+        }
     });
     gannet_server::serve_tls(listener, tls, service, limits, stats, shutdown).await;
+}
+
+/// The answer to an ACME HTTP-01 challenge in `challenges` (200, the key
+/// authorization as `text/plain`), counted; `None` for every other request,
+/// which costs it one `starts_with`.
+fn acme_answer<B>(
+    challenges: &Challenges,
+    metrics: &Metrics,
+    req: &Request<B>,
+) -> Option<Response<GatewayBody>> {
+    if !req.uri().path().starts_with(ACME_CHALLENGE) {
+        return None;
+    }
+    let key_authorization = challenges.answer(req)?;
+    metrics.acme_challenges_answered.inc();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(GatewayBody::platform(key_authorization))
+        .ok()
 }
 
 /// The 308 to `https://host[:port]/path?query` for a request to a host the
@@ -94,4 +128,68 @@ fn https_redirect(
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(GatewayBody::platform(Bytes::from_static(b"use https\n")))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenges::ChallengeTable;
+    use gannet_model::snapshot::AcmeChallenge;
+    use http_body_util::BodyExt;
+
+    fn request(method: http::Method, host: &str, path: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_challenge_in_the_table_is_answered_and_counted_and_nothing_else_is() {
+        let metrics = Metrics::new().unwrap();
+        let challenges = Challenges::new();
+        let apps = [AcmeChallenge {
+            hostname: "www.example.com".into(),
+            token: "tok-1".into(),
+            key_authorization: "tok-1.thumbprint".into(),
+        }];
+        challenges.replace(ChallengeTable::build([("acme/shop", &apps[..])]));
+        let path = "/.well-known/acme-challenge/tok-1";
+
+        for method in [http::Method::GET, http::Method::HEAD] {
+            let answer = acme_answer(
+                &challenges,
+                &metrics,
+                &request(method, "WWW.example.com:80", path),
+            )
+            .expect("answered");
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert_eq!(answer.headers()[header::CONTENT_TYPE], "text/plain");
+            let body = answer.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"tok-1.thumbprint");
+        }
+        assert_eq!(metrics.acme_challenges_answered.get(), 2);
+
+        // Everything else falls through to redirecting and routing.
+        for (method, host, path) in [
+            (
+                http::Method::GET,
+                "www.example.com",
+                "/.well-known/acme-challenge/tok-2",
+            ),
+            (http::Method::GET, "shop.example.com", path),
+            (http::Method::POST, "www.example.com", path),
+            (http::Method::GET, "www.example.com", "/tok-1"),
+            (http::Method::GET, "www.example.com", "/"),
+        ] {
+            let req = request(method, host, path);
+            assert!(
+                acme_answer(&challenges, &metrics, &req).is_none(),
+                "{req:?}"
+            );
+        }
+        assert_eq!(metrics.acme_challenges_answered.get(), 2);
+    }
 }

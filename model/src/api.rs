@@ -250,10 +250,16 @@ pub struct Rollback {
 pub struct AddDomain {
     /// The hostname.
     pub hostname: String,
-    /// The tenant's own certificate for it. Without one, HTTPS clients get
-    /// the platform's certificate for it.
+    /// The tenant's own certificate for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateUpload>,
+    /// Have the platform obtain and renew a certificate over ACME
+    /// (HTTP-01): the hostname then serves only its challenge until the
+    /// first certificate is issued. The default when no `certificate` is
+    /// given and the control API has an ACME directory; without one, a
+    /// hostname without a certificate gets the platform's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
 }
 
 /// A certificate and its private key, as a tenant uploads them. The key is
@@ -284,19 +290,38 @@ pub struct Domain {
     pub hostname: String,
     /// The app it routes to.
     pub app: String,
-    /// Its certificate, when the tenant gave one; otherwise HTTPS clients
-    /// get the platform's.
+    /// The certificate served for it (the tenant's own or a managed one);
+    /// without one HTTPS clients get the platform's.
     #[serde(default)]
     pub certificate: Option<CertificateSummary>,
+    /// For a managed certificate: where obtaining or renewing it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedCertificate>,
     /// When it was added, ms.
     pub created_ms: i64,
+}
+
+/// Where a managed certificate stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ManagedCertificate {
+    /// `pending` (never issued: the hostname serves only its ACME
+    /// challenge), `issued`, `failed` (see `error`; a certificate issued
+    /// earlier is still served) or `renewing`.
+    pub state: String,
+    /// The CA's reason for the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the platform next works on it (a renewal, or a retry after a
+    /// failure), ms.
+    pub next_attempt_ms: i64,
 }
 
 /// What a stored certificate says (never its key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateSummary {
-    /// `custom`: the tenant's own.
+    /// `custom`: the tenant's own; `managed`: obtained by the platform.
     pub kind: String,
     /// The issuer's distinguished name.
     pub issuer: String,

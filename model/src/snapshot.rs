@@ -35,6 +35,25 @@ pub struct DeployedApp {
     /// over the (TLS) link and sit 0600 in the gateway's state directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<HostCertificate>,
+    /// ACME HTTP-01 challenges a gateway answers at
+    /// `http://<hostname>/.well-known/acme-challenge/<token>`, for hostnames
+    /// of this app whether or not they serve traffic yet (a managed
+    /// hostname serves only these until its certificate is issued).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<AcmeChallenge>,
+}
+
+/// One HTTP-01 challenge response (RFC 8555 §8.3): not secret, the CA
+/// fetches it over plain HTTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AcmeChallenge {
+    /// The hostname being validated (lowercase, no trailing dot).
+    pub hostname: String,
+    /// The challenge token: the last path segment the CA asks for.
+    pub token: String,
+    /// The body to answer with (`token.thumbprint`).
+    pub key_authorization: String,
 }
 
 /// A certificate a gateway serves for one of an app's hostnames.

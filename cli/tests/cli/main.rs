@@ -188,6 +188,22 @@ async fn tenant_flow_through_the_cli() {
         )
         .await;
 
+        // This control API has no ACME CA: a managed certificate is
+        // refused with what to do instead, and nothing is added.
+        cli.fails(
+            &[
+                "domains",
+                "add",
+                "shop.example.com",
+                "--app",
+                "shop",
+                "--managed",
+            ],
+            &[],
+            2,
+            "(the operator has not set --acme-directory): upload your own",
+        )
+        .await;
         cli.ok(
             &["domains", "add", "shop.example.com", "--app", "shop"],
             &[],

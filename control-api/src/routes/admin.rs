@@ -16,6 +16,31 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/admin/tenants/{name}/tokens", post(create_tenant_token))
+        .route("/v1/admin/domains/{hostname}/renew", post(renew_domain))
+}
+
+#[utoipa::path(post, path = "/v1/admin/domains/{hostname}/renew", tag = "admin", security(("bearer" = [])), params(("hostname" = String, Path, description = "a hostname with a managed certificate")),
+    description = "Obtains a new managed certificate for the hostname now (after a key compromise, or to retry a failed one at once). The current certificate is served until the new one is issued.",
+    responses((status = 202, description = "due now; `gannet domains list` shows its progress"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn renew_domain(
+    State(s): State<AppState>,
+    auth: AdminAuth,
+    Path(hostname): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if s.config.acme.is_none() {
+        return Err(ApiError::AcmeUnavailable);
+    }
+    let hostname = hostname.trim_end_matches('.').to_ascii_lowercase();
+    if !s.store.renew_managed_now(&hostname).await? {
+        return Err(ApiError::NotFound(format!(
+            "`{hostname}` has no managed certificate"
+        )));
+    }
+    s.acme_wake.notify_one();
+    s.store
+        .audit(None, auth.token_id, "domain.renew", &hostname)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("bearer" = [])), request_body = CreateTenant,

@@ -1,4 +1,5 @@
-//! Apps and their hostnames, with tenants' own certificates.
+//! Apps and their hostnames, with tenants' own certificates or managed
+//! ones (obtained over ACME by [`crate::acme`]).
 //!
 //! A certificate is checked ([`crate::certificate::check`]) before anything
 //! is written: a refused one is a 422 `invalid-certificate` saying what to
@@ -11,6 +12,7 @@ use crate::auth::TenantAuth;
 use crate::desired_state::Scope;
 use crate::error::{ApiError, on_unique};
 use crate::extract::{Json, Path};
+use crate::store::DomainCertificate;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -121,7 +123,7 @@ fn valid_plain_hostname(h: &str) -> bool {
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app}/domains", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = AddDomain,
-    description = "Adds a custom hostname, with the tenant's own certificate if given. Adding a hostname the app already has, with a certificate, replaces its certificate (a rotation: 200). The private key is never returned.",
+    description = "Adds a custom hostname: with the tenant's own certificate if given, else (`managed`, the default when the API has an ACME directory) with a certificate the platform obtains over ACME HTTP-01 and renews; a managed hostname answers only its challenge until the first one is issued. Adding a hostname the app already has, with a certificate or `managed`, replaces how its certificate is provided (200). The private key is never returned.",
     responses((status = 201, description = "added", body = App), (status = 200, description = "the certificate of a hostname the app already has was replaced", body = App), (status = "4XX", description = "refused (422 `invalid-certificate` says what to fix); see the problem document", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn add_domain(
     State(s): State<AppState>,
@@ -155,6 +157,31 @@ pub(crate) async fn add_domain(
             )));
         }
     }
+    // Managed: asked for, or the default without a certificate when this
+    // API has an ACME directory.
+    let managed = match (req.managed, &req.certificate) {
+        (Some(true), Some(_)) => {
+            return Err(ApiError::Invalid(
+                "give either a certificate or `managed`, not both".into(),
+            ));
+        }
+        (Some(true), None) => true,
+        (Some(false), _) | (None, Some(_)) => false,
+        (None, None) => s.config.acme.is_some(),
+    };
+    if managed {
+        if s.config.acme.is_none() {
+            return Err(ApiError::AcmeUnavailable);
+        }
+        if s.store.master_key().is_none() {
+            return Err(ApiError::NoMasterKey);
+        }
+        if hostname.starts_with("*.") {
+            return Err(ApiError::Invalid(format!(
+                "`{hostname}` is a wildcard: managed certificates are validated over HTTP-01, which cannot cover one; upload your own certificate with --cert/--key"
+            )));
+        }
+    }
     // Checked before anything is written: a refusal changes nothing.
     let certificate = match &req.certificate {
         None => None,
@@ -175,10 +202,29 @@ pub(crate) async fn add_domain(
     };
     let written = s
         .store
-        .add_domain(app.id, &hostname, certificate.as_ref())
+        .add_domain(
+            app.id,
+            &hostname,
+            match (&certificate, managed) {
+                (Some(c), _) => DomainCertificate::Own(c),
+                (None, true) => DomainCertificate::Managed,
+                (None, false) => DomainCertificate::None,
+            },
+        )
         .await
         .map_err(|e| on_unique(e, || format!("hostname `{hostname}` is already in use")))?;
     s.notifier.bump(written.revision, Scope::Everywhere);
+    if managed {
+        s.acme_wake.notify_one();
+        s.store
+            .audit(
+                Some(auth.tenant_id),
+                auth.token_id,
+                "domain.managed",
+                &format!("{name} {hostname}"),
+            )
+            .await?;
+    }
     if written.added {
         s.store
             .audit(

@@ -5,6 +5,7 @@ mod domains;
 mod feed;
 mod flows;
 mod hostile;
+mod managed;
 mod openapi;
 mod tls;
 mod uploads;

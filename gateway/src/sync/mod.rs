@@ -20,6 +20,11 @@
 //! its certificate. Certificates are swapped in with the routing table. The
 //! state directory's snapshot holds their keys and is written 0600.
 //!
+//! ACME HTTP-01 challenges travel with their apps too, and do not depend on
+//! the component: every app's are answered, the version asked for where it
+//! is pending (NACKed), whether or not their hostnames route yet. They are
+//! replaced with the routing table ([`crate::challenges`]).
+//!
 //! A gateway restarted while the control API is down boots from the state
 //! directory at once ([`boot_from_disk`]), app by app, and resumes polling
 //! from that revision, downloading nothing it already has. The same holds
@@ -31,6 +36,7 @@ mod api;
 pub mod state_dir;
 pub mod trust;
 
+use crate::challenges::ChallengeTable;
 use crate::config::ControlPlane;
 use crate::routes_file::AppSpec;
 use crate::tls::HostCertError;
@@ -178,6 +184,31 @@ fn specs_of(dir: &StateDir, applied: &Applied) -> Vec<(AppSpec, Sha256Digest)> {
     applied.apps.values().map(|a| spec_of(dir, a)).collect()
 }
 
+/// The ACME challenges of every app of `applied`: the version asked for
+/// where it is pending (its challenges do not need its component), the
+/// version served otherwise.
+fn challenges_of(applied: &Applied) -> ChallengeTable {
+    let served = applied
+        .apps
+        .iter()
+        .filter(|(key, _)| !applied.pending.contains_key(*key))
+        .map(|(key, app)| (key.as_str(), app.challenges.as_slice()));
+    let pending = applied
+        .pending
+        .iter()
+        .map(|(key, p)| (key.as_str(), p.app.challenges.as_slice()));
+    ChallengeTable::build(served.chain(pending))
+}
+
+/// Serves `applied` (persisted already): its ACME challenges, then its
+/// routing table and certificates. Returns how many challenges are
+/// answered.
+fn serve_state(gateway: &Gateway, dir: &StateDir, applied: &Applied) -> usize {
+    let challenges = gateway.challenges().replace(challenges_of(applied));
+    gateway.install(specs_of(dir, applied));
+    challenges
+}
+
 /// Serves the state persisted under the state directory, if there is one,
 /// app by app: an app whose component cannot be prepared from disk is left
 /// out (and taken again once the control API answers); the others serve.
@@ -206,6 +237,8 @@ pub async fn boot_from_disk(gateway: &Gateway, cp: &ControlPlane) -> Result<bool
         }
     }
     let left_out = applied.apps.len() - serving.len();
+    // Every app's challenges, those left out and pending included.
+    gateway.challenges().replace(challenges_of(&applied));
     gateway.install(serving);
     gateway.state().metrics.sync_revision.set(applied.revision);
     tracing::info!(
@@ -515,7 +548,7 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
         // Persist first: if that fails, nothing is swapped.
         match dir.write_snapshot(&next).await {
             Ok(()) => {
-                gateway.install(specs_of(&dir, &next));
+                let challenges = serve_state(&gateway, &dir, &next);
                 m.sync_revision.set(next.revision);
                 m.sync_apply_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -529,6 +562,7 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
                     revision = next.revision,
                     apps = next.apps.len(),
                     pending = next.pending.len(),
+                    challenges,
                     "applied revision"
                 );
                 collect_garbage(&gateway, &dir, &next).await;
@@ -588,7 +622,7 @@ async fn sleep_with_jitter(backoff: &mut Duration, shutdown: &CancellationToken)
 mod tests {
     use super::*;
     use crate::config::{Fairness, GatewayConfig};
-    use gannet_model::snapshot::HostCertificate;
+    use gannet_model::snapshot::{AcmeChallenge, HostCertificate};
     use gannet_runtime::{EngineConfig, PoolConfig};
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -693,6 +727,7 @@ mod tests {
             outbound: Vec::new(),
             retain: Vec::new(),
             certificates: vec![host_cert("shop.example.com", &good.0, &good.1)],
+            challenges: Vec::new(),
         };
         let key = v1.key();
         let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &v1)).await;
@@ -787,6 +822,132 @@ mod tests {
                 .routes
                 .load()
                 .lookup("shop.example.com")
+                .is_some()
+        );
+    }
+
+    /// hello.wasm written into `dir`'s artifacts (nothing is downloaded):
+    /// its digest and size.
+    fn hello_on_disk(dir: &StateDir) -> (Sha256Digest, u64) {
+        let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.wasm");
+        let bytes = std::fs::read(&hello).expect("run `bash examples/build.sh` first");
+        let digest = Sha256Digest::of(&bytes);
+        let artifact = dir.artifact_path(&digest);
+        std::fs::create_dir_all(artifact.parent().unwrap()).unwrap();
+        std::fs::write(&artifact, &bytes).unwrap();
+        (digest, bytes.len() as u64)
+    }
+
+    fn challenge(hostname: &str, token: &str) -> AcmeChallenge {
+        AcmeChallenge {
+            hostname: hostname.into(),
+            token: token.into(),
+            key_authorization: format!("{token}.thumbprint"),
+        }
+    }
+
+    /// What `gateway` answers now for the two challenges of the test below.
+    fn answers(gateway: &Gateway) -> (Option<bytes::Bytes>, Option<bytes::Bytes>) {
+        let table = gateway.challenges().load();
+        (
+            table.lookup("shop.example.com", "tok-shop").cloned(),
+            table.lookup("blog.example.com", "tok-blog").cloned(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn challenges_are_answered_for_hostnames_not_routed_and_apps_not_taken_until_a_state_drops_them()
+     {
+        let root = tempfile::tempdir().unwrap();
+        let gw = gateway(root.path()).await;
+        let cp = gw.config().control.clone().unwrap();
+        let dir = StateDir::new(&cp.state_dir);
+        let api = Api::new(cp.clone()).unwrap();
+        let (digest, size_bytes) = hello_on_disk(&dir);
+
+        // shop is taken; its challenge is for a hostname it does not route.
+        let shop = DeployedApp {
+            tenant: "acme".into(),
+            app: "shop".into(),
+            version: 1,
+            digest,
+            size_bytes,
+            hosts: vec!["shop-acme.localhost".into()],
+            env: BTreeMap::new(),
+            limits: Default::default(),
+            outbound: Vec::new(),
+            retain: Vec::new(),
+            certificates: Vec::new(),
+            challenges: vec![challenge("shop.example.com", "tok-shop")],
+        };
+        // blog cannot be taken (its component is not on disk and the
+        // control API does not answer): NACKed, its challenge answered.
+        let mut blog = shop.clone();
+        blog.app = "blog".into();
+        blog.hosts = vec!["blog-acme.localhost".into()];
+        blog.digest = Sha256Digest::of(b"a component nobody has");
+        blog.challenges = vec![challenge("blog.example.com", "tok-blog")];
+        let both = |revision: i64, shop: &DeployedApp, blog: &DeployedApp| Applied {
+            revision,
+            apps: BTreeMap::from([(shop.key(), shop.clone()), (blog.key(), blog.clone())]),
+            pending: BTreeMap::new(),
+        };
+        assert_eq!(answers(&gw), (None, None));
+
+        let next = reconcile(&gw, &api, &dir, &Applied::default(), &both(1, &shop, &blog)).await;
+        assert_eq!(next.apps.get(&shop.key()), Some(&shop));
+        assert!(!next.apps.contains_key(&blog.key()), "{:?}", next.apps);
+        assert!(next.pending.contains_key(&blog.key()), "{:?}", next.pending);
+        dir.write_snapshot(&next).await.unwrap();
+        assert_eq!(serve_state(&gw, &dir, &next), 2);
+        let want = (
+            Some(bytes::Bytes::from_static(b"tok-shop.thumbprint")),
+            Some(bytes::Bytes::from_static(b"tok-blog.thumbprint")),
+        );
+        assert_eq!(answers(&gw), want);
+        let routes = gw.state().routes.load();
+        assert!(routes.lookup("shop-acme.localhost").is_some());
+        assert!(routes.lookup("shop.example.com").is_none());
+        assert!(routes.lookup("blog.example.com").is_none());
+        drop(routes);
+        // As the listeners ask: by the request's host and path.
+        let req = http::Request::builder()
+            .uri("/.well-known/acme-challenge/tok-blog")
+            .header(http::header::HOST, "Blog.Example.com.:80")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            gw.challenges().answer(&req).as_deref(),
+            Some(&b"tok-blog.thumbprint"[..])
+        );
+
+        // A gateway booting from that state directory answers both.
+        drop(gw);
+        let gw = gateway(root.path()).await;
+        assert_eq!(answers(&gw), want);
+
+        // A later state without the challenges: neither is answered, and
+        // shop still serves.
+        let mut shop2 = shop.clone();
+        shop2.challenges.clear();
+        let mut blog2 = blog.clone();
+        blog2.challenges.clear();
+        let later = reconcile(&gw, &api, &dir, &next, &both(2, &shop2, &blog2)).await;
+        assert_eq!(later.apps.get(&shop.key()), Some(&shop2));
+        assert!(
+            later.pending.contains_key(&blog.key()),
+            "{:?}",
+            later.pending
+        );
+        dir.write_snapshot(&later).await.unwrap();
+        assert_eq!(serve_state(&gw, &dir, &later), 0);
+        assert_eq!(answers(&gw), (None, None));
+        assert!(gw.challenges().answer(&req).is_none());
+        assert!(
+            gw.state()
+                .routes
+                .load()
+                .lookup("shop-acme.localhost")
                 .is_some()
         );
     }

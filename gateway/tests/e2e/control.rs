@@ -4,6 +4,7 @@
 
 use crate::harness::{Gateway, Http, component, eventually, shared_cache};
 use bytes::Bytes;
+use gannet_control_api::ApiConfig;
 use gannet_control_api::desired_state::Scope;
 use gannet_control_api::testing::{Backend, OPERATOR_TOKEN, TestApi, TestCa, TestCert, TestDb};
 use gannet_model::Sha256Digest;
@@ -33,6 +34,14 @@ impl Platform {
     pub async fn start_https(cert: &TestCert) -> Platform {
         let db = TestDb::new(Backend::Sqlite).await;
         let api = TestApi::start_tls(&db, cert).await;
+        Self::with_pop(db, api).await
+    }
+
+    /// [`Platform::start`] after `tweak` adjusts the API's config (e.g.
+    /// its ACME directory).
+    pub async fn start_with(tweak: impl FnOnce(&mut ApiConfig)) -> Platform {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let api = TestApi::start_with(&db, tweak).await;
         Self::with_pop(db, api).await
     }
 

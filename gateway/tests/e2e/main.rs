@@ -4,7 +4,9 @@
 mod certs;
 mod control;
 mod harness;
+mod pebble;
 
+mod acme;
 mod browser;
 mod cache;
 mod domains;
