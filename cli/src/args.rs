@@ -185,6 +185,15 @@ pub enum DomainsCommand {
         #[arg(long)]
         app: Option<String>,
     },
+    /// Check now that you control a hostname (a TXT record or the
+    /// hostname pointed at the platform; `domains list` shows the token).
+    Verify {
+        /// The hostname.
+        hostname: String,
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
     /// Remove a hostname.
     Remove {
         /// The hostname.
@@ -222,6 +231,28 @@ pub enum AdminCommand {
     /// Managed certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Every tenant's custom hostnames and their proofs of control.
+    #[command(subcommand)]
+    Domains(AdminDomainsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminDomainsCommand {
+    /// List custom hostnames with how their control was proved.
+    List {
+        /// Only those claimed before proofs were required (to re-verify).
+        #[arg(long, conflicts_with = "unverified")]
+        legacy: bool,
+        /// Only those waiting for a proof.
+        #[arg(long)]
+        unverified: bool,
+    },
+    /// Vouch for a tenant's control of a hostname (checked out of band):
+    /// it serves at once.
+    Verify {
+        /// The hostname.
+        hostname: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +262,25 @@ pub enum CertsCommand {
     Renew {
         /// The hostname.
         hostname: String,
+    },
+    /// Set the platform certificate (`*.<platform domain>`): every gateway
+    /// serves it within the sync time, in place of its --tls-cert file.
+    Set {
+        /// The platform certificate (the only kind set here).
+        #[arg(long, required = true)]
+        platform: bool,
+        /// PEM certificate chain, leaf first.
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// PEM private key (stored encrypted, never shown again).
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
+    /// Show what the platform certificate says.
+    Show {
+        /// The platform certificate.
+        #[arg(long, required = true)]
+        platform: bool,
     },
 }
 

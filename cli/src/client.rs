@@ -175,6 +175,16 @@ impl Client {
     }
 
     /// DELETE `path`.
+    /// PUT `body` as JSON to `path`.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiFailure> {
+        self.send(self.request(Method::PUT, path).json(body)).await
+    }
+
+    /// POST nothing to `path`.
     pub async fn post_empty(&self, path: &str) -> Result<(), ApiFailure> {
         self.send::<serde_json::Value>(self.request(Method::POST, path))
             .await

@@ -4,8 +4,8 @@
 #![allow(clippy::print_literal)]
 
 use crate::args::{
-    AdminCommand, AppsCommand, CertsCommand, Cli, Command, DeployArgs, DomainsCommand,
-    GatewaysCommand, PopsCommand, TenantsCommand, TokensCommand,
+    AdminCommand, AdminDomainsCommand, AppsCommand, CertsCommand, Cli, Command, DeployArgs,
+    DomainsCommand, GatewaysCommand, PopsCommand, TenantsCommand, TokensCommand,
 };
 use crate::client::Client;
 use crate::settings;
@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use gannet_model::ByteSize;
 use gannet_model::api::{
-    AddDomain, App, AuditEntry, CertificateUpload, CreateApp, CreateTenant, Domain, QuotaPatch,
-    Rollback, Tenant, TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
+    AddDomain, App, AuditEntry, CertificateSummary, CertificateUpload, CreateApp, CreateTenant,
+    Domain, QuotaPatch, Rollback, Tenant, TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -37,9 +37,7 @@ fn print_domains(domains: &[Domain]) {
         "{:<32} {:<16} {:<8} {:<26} {:<32} ISSUER",
         "HOSTNAME", "APP", "CERT", "EXPIRES", "NAMES"
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = unix_now();
     for d in domains {
         let (kind, expires, names, issuer) = match &d.certificate {
             Some(c) => (
@@ -55,6 +53,16 @@ fn print_domains(domains: &[Domain]) {
             "{:<32} {:<16} {:<8} {:<26} {:<32} {}",
             d.hostname, d.app, kind, expires, names, issuer
         );
+        if let Some(o) = &d.ownership
+            && !o.verified
+        {
+            match &o.error {
+                Some(error) => {
+                    println!("  not serving until control is proved; last check: {error}")
+                }
+                None => println!("  not serving until control is proved"),
+            }
+        }
         if let Some(m) = &d.managed {
             match &m.error {
                 Some(error) if m.state == "failed" => {
@@ -64,6 +72,39 @@ fn print_domains(domains: &[Domain]) {
             }
         }
     }
+}
+
+/// How to prove control of `d`'s hostname.
+fn print_ownership(d: &Domain, app: &str) {
+    let Some(o) = &d.ownership else { return };
+    if o.verified {
+        println!("{} now serves {app}", d.hostname);
+        return;
+    }
+    println!(
+        "{} is added to {app}; it serves once you prove you control it, either way:",
+        d.hostname
+    );
+    if let Some(record) = &o.dns_record {
+        println!("  DNS:  add the record  {record}");
+    }
+    if let Some(url) = &o.http_url {
+        println!(
+            "  HTTP: point {} at the platform; its gateways answer {url}",
+            d.hostname
+        );
+    }
+    println!(
+        "then `gannet domains verify {} --app {app}` (the platform also checks by itself)",
+        d.hostname
+    );
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `2027-02-22 (in 89 days)` or `2026-01-01 (expired)`.
@@ -149,6 +190,33 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "{hostname}: a new certificate is being obtained (`gannet domains list` shows when it is issued)"
             );
         }
+        Command::Admin(AdminCommand::Certs(CertsCommand::Set { cert, key, .. })) => {
+            let upload = CertificateUpload {
+                cert_pem: read_pem(&cert, "certificate")?,
+                key_pem: read_pem(&key, "private key")?,
+            };
+            let c: CertificateSummary = client
+                .put("/v1/admin/platform-certificate", &upload)
+                .await?;
+            if json {
+                return print_json(&c);
+            }
+            println!(
+                "platform certificate set: {} (issuer {}, expires {}); gateways serve it within the sync time",
+                c.names.join(","),
+                c.issuer,
+                expiry(c.not_after, unix_now())
+            );
+        }
+        Command::Admin(AdminCommand::Certs(CertsCommand::Show { .. })) => {
+            let c: CertificateSummary = client.get("/v1/admin/platform-certificate").await?;
+            if json {
+                return print_json(&c);
+            }
+            println!("names    {}", c.names.join(","));
+            println!("issuer   {}", c.issuer);
+            println!("expires  {}", expiry(c.not_after, unix_now()));
+        }
         Command::Whoami => {
             let me: WhoAmI = client.get("/v1/whoami").await?;
             if json {
@@ -231,7 +299,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return print_json(&a);
             }
             if with_cert {
-                println!("{hostname} now serves {} with its own certificate", a.name);
+                let domains: Vec<Domain> = client.get(&format!("/v1/apps/{app}/domains")).await?;
+                match domains.iter().find(|d| d.hostname == hostname) {
+                    Some(d) if !d.ownership.as_ref().is_none_or(|o| o.verified) => {
+                        print_ownership(d, &app)
+                    }
+                    _ => println!("{hostname} now serves {} with its own certificate", a.name),
+                }
             } else {
                 // Whether the platform manages it: the listing says.
                 let domains: Vec<Domain> = client.get(&format!("/v1/apps/{app}/domains")).await?;
@@ -240,7 +314,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                         "{hostname} will serve {} once its certificate is issued (`gannet domains list --app {app}` shows progress)",
                         a.name
                     ),
-                    _ => println!("{hostname} now serves {}", a.name),
+                    Some(d) => print_ownership(d, &app),
+                    None => println!("{hostname} now serves {}", a.name),
                 }
             }
         }
@@ -254,6 +329,57 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return print_json(&domains);
             }
             print_domains(&domains);
+        }
+        Command::Domains(DomainsCommand::Verify { hostname, app }) => {
+            let d: Domain = client
+                .post(
+                    &format!("/v1/apps/{app}/domains/{hostname}/verify"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if json {
+                return print_json(&d);
+            }
+            let how = d
+                .ownership
+                .as_ref()
+                .and_then(|o| o.verified_by.clone())
+                .unwrap_or_default();
+            println!("{hostname} is verified ({how}); it serves {app} within the sync time");
+        }
+        Command::Admin(AdminCommand::Domains(AdminDomainsCommand::List { legacy, unverified })) => {
+            let mut path = "/v1/admin/domains".to_string();
+            if legacy {
+                path.push_str("?verified_by=legacy");
+            } else if unverified {
+                path.push_str("?unverified=true");
+            }
+            let domains: Vec<serde_json::Value> = client.get(&path).await?;
+            if json {
+                return print_json(&domains);
+            }
+            println!(
+                "{:<40} {:<16} {:<16} VERIFIED BY",
+                "HOSTNAME", "TENANT", "APP"
+            );
+            for d in &domains {
+                println!(
+                    "{:<40} {:<16} {:<16} {}",
+                    d["hostname"].as_str().unwrap_or_default(),
+                    d["tenant"].as_str().unwrap_or_default(),
+                    d["app"].as_str().unwrap_or_default(),
+                    d["verified_by"].as_str().unwrap_or("(waiting for a proof)")
+                );
+            }
+        }
+        Command::Admin(AdminCommand::Domains(AdminDomainsCommand::Verify { hostname })) => {
+            client
+                .post_empty(&format!("/v1/admin/domains/{hostname}/verify"))
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({ "hostname": hostname, "verified": true }));
+            }
+            println!("{hostname} is verified (operator); it serves within the sync time");
         }
         Command::Domains(DomainsCommand::Remove { hostname, app }) => {
             client

@@ -42,6 +42,8 @@ pub struct ApiConfig {
     /// Managed certificates over ACME: off (`None`) unless the operator
     /// names a directory.
     pub acme: Option<crate::acme::AcmeConfig>,
+    /// How custom hostnames' ownership is checked.
+    pub ownership: crate::ownership::worker::OwnershipConfig,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +63,7 @@ impl Default for ApiConfig {
             server: gannet_server::ServerLimits::default(),
             master_key: None,
             acme: None,
+            ownership: crate::ownership::worker::OwnershipConfig::default(),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! transaction (delivered at commit) and every replica's listener wakes its
 //! own pollers.
 
+use crate::platform_tls::PLATFORM_CHANGE;
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{
     AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
@@ -243,10 +244,10 @@ pub struct GatewayState {
     pub failed_apps: Vec<FailedApp>,
 }
 
-/// Whether hostname `h` serves traffic: every one but a managed hostname
-/// still waiting for its first certificate.
-const SERVES_TRAFFIC: &str = "NOT EXISTS (SELECT 1 FROM managed_domains m WHERE m.hostname = h.hostname \
-     AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.hostname = h.hostname))";
+/// Whether hostname `h` serves traffic: once its owner proved control
+/// (platform hostnames always; a managed one when its certificate is
+/// issued; see [`crate::ownership`]).
+const SERVES_TRAFFIC: &str = "h.verified_ms IS NOT NULL";
 
 /// A store result.
 pub type DbResult<T> = Result<T, sqlx::Error>;
@@ -310,7 +311,7 @@ impl Store {
     }
 
     /// Every app with an active version, as gateways serve it; or only those
-    /// with ids in `only`. Six queries, however many apps.
+    /// with ids in `only`. Seven queries, however many apps.
     ///
     /// Certificates come with their private keys opened with the master
     /// key: this is for gateways only. A key the master key does not open
@@ -356,10 +357,23 @@ impl Store {
             "SELECT DISTINCT app_id, digest FROM versions{} ORDER BY app_id, digest",
             filter("app_id")
         );
+        // Only for hostnames that serve: a certificate does not prove
+        // control of its name.
         let certificates_sql = format!(
             "SELECT h.app_id, c.hostname, c.cert_pem, c.key_sealed FROM certificates c \
-             JOIN hostnames h ON h.hostname = c.hostname{} ORDER BY h.app_id, c.hostname",
-            filter("h.app_id")
+             JOIN hostnames h ON h.hostname = c.hostname WHERE {SERVES_TRAFFIC}{} ORDER BY h.app_id, c.hostname",
+            match only {
+                Some(ids) => format!(" AND h.app_id IN ({})", placeholders(1, ids.len())),
+                None => String::new(),
+            }
+        );
+        let ownership_sql = format!(
+            "SELECT h.app_id, h.hostname, h.verification_token FROM hostnames h \
+             WHERE h.verified_ms IS NULL AND h.verification_token IS NOT NULL{} ORDER BY h.app_id, h.hostname",
+            match only {
+                Some(ids) => format!(" AND h.app_id IN ({})", placeholders(1, ids.len())),
+                None => String::new(),
+            }
         );
         let rows = bind_ids(sqlx::query(&apps_sql), ids)
             .fetch_all(self.pool())
@@ -425,6 +439,22 @@ impl Store {
                     hostname: r.try_get("hostname")?,
                     token: r.try_get("challenge_token")?,
                     key_authorization: r.try_get("challenge_key_authorization")?,
+                });
+        }
+        // A hostname waiting for its owner's proof: its token, answered by
+        // every gateway at /.well-known/gannet-challenge/<token>.
+        for r in bind_ids(sqlx::query(&ownership_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let token: String = r.try_get("verification_token")?;
+            challenges
+                .entry(r.try_get("app_id")?)
+                .or_default()
+                .push(AcmeChallenge {
+                    hostname: r.try_get("hostname")?,
+                    key_authorization: token.clone(),
+                    token,
                 });
         }
         let bad = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
@@ -500,6 +530,7 @@ impl Store {
             return Ok(Some(StateUpdate::Snapshot {
                 revision: head.revision,
                 apps,
+                platform: self.platform_tls(pop_id).await?,
             }));
         }
         let rows = sqlx::query(
@@ -511,13 +542,20 @@ impl Store {
         .bind(pop_id)
         .fetch_all(self.pool())
         .await?;
-        let changed: Vec<i64> = rows
+        let mut changed: Vec<i64> = rows
             .iter()
             .map(|r| r.try_get("app_id"))
             .collect::<Result<_, _>>()?;
         if changed.is_empty() {
             return Ok(None);
         }
+        // The PoP's TLS settings, whole, when they changed.
+        let platform = if changed.contains(&PLATFORM_CHANGE) {
+            changed.retain(|id| *id != PLATFORM_CHANGE);
+            Some(self.platform_tls(pop_id).await?.unwrap_or_default())
+        } else {
+            None
+        };
         let live = self.deployed_apps(Some(&changed)).await?;
         let mut removals = Vec::new();
         for id in &changed {
@@ -539,6 +577,7 @@ impl Store {
             revision: head.revision,
             upserts: live.into_iter().map(|(_, a)| a).collect(),
             removals,
+            platform,
         }))
     }
 

@@ -101,6 +101,10 @@ pub enum ApiError {
         "this control API obtains no certificates (the operator has not set --acme-directory): upload your own with --cert/--key"
     )]
     AcmeUnavailable,
+    /// The hostname's ownership could not be proved (yet): what each
+    /// check found.
+    #[error("control of the hostname is not proved yet: {0}")]
+    NotProved(String),
     /// Anything else.
     #[error("internal error")]
     Internal(String),
@@ -168,6 +172,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "certificates-unavailable",
                 "Certificates unavailable",
+            ),
+            ApiError::NotProved(_) => (
+                StatusCode::CONFLICT,
+                "ownership-not-proved",
+                "Ownership not proved",
             ),
             ApiError::AcmeUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,8 @@
 //! - [`certificate`]: the checks a tenant's own certificate passes;
 //! - [`master_key`]: the operator's key that seals private keys at rest;
 //! - [`acme`]: managed certificates (the ACME worker and its rows);
+//! - [`platform_tls`]: the platform certificate and PoPs' ticket keys;
+//! - [`ownership`]: proofs that a tenant controls a custom hostname;
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //!
 //! It never runs guests; it only validates them with the runtime crate.
@@ -31,6 +33,8 @@ pub mod extract;
 pub mod fault;
 pub mod master_key;
 pub mod openapi;
+pub mod ownership;
+pub mod platform_tls;
 pub mod routes;
 pub mod store;
 pub mod testing;
@@ -72,6 +76,12 @@ pub struct AppState {
     pub acme_wake: Arc<tokio::sync::Notify>,
     /// Whether this process's ACME worker was started.
     pub acme_started: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this process's ticket-key rotation was started.
+    pub platform_tls_started: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the ownership checks (a hostname was added).
+    pub ownership_wake: Arc<tokio::sync::Notify>,
+    /// Whether this process's ownership checks were started.
+    pub ownership_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What [`AppState::build`] also reports: a bootstrap operator token, when
@@ -144,6 +154,9 @@ impl AppState {
                 shutdown: CancellationToken::new(),
                 acme_wake: Arc::new(tokio::sync::Notify::new()),
                 acme_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                platform_tls_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                ownership_wake: Arc::new(tokio::sync::Notify::new()),
+                ownership_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             bootstrap_token,
         })
@@ -248,6 +261,8 @@ async fn serve_on(
     let polls = state.shutdown.clone();
     let limits = state.config.server.clone();
     acme::spawn(state.clone(), shutdown.clone());
+    platform_tls::spawn(state.clone(), shutdown.clone());
+    ownership::worker::spawn(state.clone(), shutdown.clone());
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let end_polls = {
         let shutdown = shutdown.clone();

@@ -22,6 +22,7 @@ use gannet_control_api::acme::AcmeConfig;
 use gannet_control_api::compile::{CompileConfig, CompileIsolation};
 use gannet_control_api::compile_worker::WorkerLimits;
 use gannet_control_api::master_key::MasterKey;
+use gannet_control_api::ownership::worker::OwnershipConfig;
 use gannet_control_api::{ApiConfig, AppState, serve, serve_tls};
 use gannet_model::ByteSize;
 use gannet_server::tls::{ReloadableCert, read_certified_key, server_config};
@@ -123,6 +124,18 @@ struct Args {
     /// third of the lifetime for shorter-lived ones).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=365))]
     acme_renew_before_days: u64,
+    /// The DNS server that hostname ownership checks (TXT records, and the
+    /// address of the HTTP check) ask; the system's when unset.
+    #[arg(long, env = "GANNET_VERIFY_DNS_SERVER")]
+    verify_dns_server: Option<std::net::SocketAddr>,
+    /// The port the HTTP ownership check fetches the token on (the
+    /// gateways' public plain-HTTP port).
+    #[arg(long, default_value_t = 80)]
+    verify_http_port: u16,
+    /// Let the HTTP ownership check connect to private and loopback
+    /// addresses (a private network or a test setup only).
+    #[arg(long)]
+    verify_allow_private_addresses: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -177,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         server: args.server.limits(),
         master_key: Some(master_key),
         acme: acme_config(&args)?,
+        ownership: ownership_config(&args),
         ..ApiConfig::default()
     };
     // A certificate that cannot be served stops the start, before anything
@@ -224,6 +238,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => serve(listener, built.state, shutdown).await?,
     }
     Ok(())
+}
+
+/// How custom hostnames' ownership is checked.
+fn ownership_config(args: &Args) -> OwnershipConfig {
+    let mut config = OwnershipConfig::default();
+    config.check.dns_server = args.verify_dns_server;
+    config.check.http_port = args.verify_http_port;
+    config.check.allow_private_addresses = args.verify_allow_private_addresses;
+    config
 }
 
 /// The ACME settings, when `--acme-directory` is given.

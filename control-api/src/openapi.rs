@@ -4,11 +4,13 @@
 //! rewritten by running that test with `GANNET_UPDATE_OPENAPI=1`.
 
 use crate::desired_state::GatewayState;
+use crate::ownership::store::OperatorDomain;
 use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
 use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
 use gannet_model::snapshot::{
-    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, PemPair,
+    PlatformTls, StateUpdate, TicketKeyWire,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -20,6 +22,8 @@ use utoipa::{Modify, OpenApi};
     info(title = "Gannet control API", version = "1", description = "Tenants, tokens, apps, uploads, versions and quotas. Errors are application/problem+json with a stable `type` per kind."),
     paths(
         admin::create_tenant, admin::list_tenants, admin::create_tenant_token, admin::renew_domain,
+        admin::set_platform_certificate, admin::get_platform_certificate,
+        admin::list_domains, admin::vouch_for_domain, apps::verify_domain,
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::list_app_domains,
         apps::remove_domain, apps::list_domains,
@@ -29,10 +33,11 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
-        CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary, ManagedCertificate,
+        CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary, ManagedCertificate, Ownership, OperatorDomain,
         AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
         AppReport, FailedApp, GatewayState, HostCertificate, AcmeChallenge,
+        PlatformTls, PemPair, TicketKeyWire,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -29,8 +29,8 @@ use crate::desired_state::{Scope, append_change};
 use crate::fault::{FaultPoint, Faults};
 use crate::master_key::{CryptoError, MasterKey, certificate_key_aad};
 use gannet_model::api::{
-    App, AuditEntry, CertificateSummary, Domain, ManagedCertificate, Quotas, Tenant, TokenInfo,
-    Version,
+    App, AuditEntry, CertificateSummary, Domain, ManagedCertificate, Ownership, Quotas, Tenant,
+    TokenInfo, Version,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -588,7 +588,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let id: i64 = row.try_get("id")?;
-        sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'platform', $3)")
+        sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms, verified_ms, verified_by) VALUES ($1, $2, 'platform', $3, $3, 'platform')")
             .bind(hostname)
             .bind(id)
             .bind(now)
@@ -711,12 +711,18 @@ impl Store {
                     )));
                 }
                 // A unique violation here: added by someone else meanwhile.
-                sqlx::query("INSERT INTO hostnames (hostname, app_id, kind, created_ms) VALUES ($1, $2, 'custom', $3)")
-                    .bind(hostname)
-                    .bind(app_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                // It serves once its owner proves control (see
+                // crate::ownership): checked from now on.
+                sqlx::query(
+                    "INSERT INTO hostnames (hostname, app_id, kind, created_ms, verification_token, next_check_ms) \
+                     VALUES ($1, $2, 'custom', $3, $4, $3)",
+                )
+                .bind(hostname)
+                .bind(app_id)
+                .bind(now)
+                .bind(crate::ownership::new_token())
+                .execute(&mut *tx)
+                .await?;
                 true
             }
             Some(row) => {
@@ -758,9 +764,12 @@ impl Store {
         if managed {
             // Due now; a certificate the hostname already has (the
             // tenant's own) is served until the managed one is issued.
+            // Asking again for one already managed changes nothing: it
+            // does not reset the back-off (the CA's rate limits are the
+            // platform account's, shared by every tenant).
             sqlx::query(
                 "INSERT INTO managed_domains (hostname, state, next_attempt_ms, updated_ms) VALUES ($1, 'pending', $2, $2) \
-                 ON CONFLICT (hostname) DO UPDATE SET next_attempt_ms = excluded.next_attempt_ms, failures = 0, updated_ms = excluded.updated_ms",
+                 ON CONFLICT (hostname) DO NOTHING",
             )
             .bind(hostname)
             .bind(now)
@@ -768,6 +777,14 @@ impl Store {
             .await?;
         }
         let revision = self.append_change(&mut tx, app_id).await?;
+        if added {
+            // The revision that carries its token to gateways.
+            sqlx::query("UPDATE hostnames SET token_revision = $1 WHERE hostname = $2")
+                .bind(revision)
+                .bind(hostname)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(DomainWritten { revision, added })
     }
@@ -821,7 +838,8 @@ impl Store {
         };
         let sql = format!(
             "SELECT h.hostname, a.name AS app, h.created_ms, c.kind AS cert_kind, c.issuer, c.names_json, \
-             c.not_before, c.not_after, c.updated_ms, m.state AS managed_state, m.error AS managed_error, m.next_attempt_ms \
+             c.not_before, c.not_after, c.updated_ms, m.state AS managed_state, m.error AS managed_error, m.next_attempt_ms, \
+             h.verified_by, h.verified_ms, h.verification_token, h.check_error, h.next_check_ms \
              FROM hostnames h JOIN apps a ON a.id = h.app_id LEFT JOIN certificates c ON c.hostname = h.hostname \
              LEFT JOIN managed_domains m ON m.hostname = h.hostname \
              WHERE a.tenant_id = $1 AND h.kind = 'custom'{one_app} ORDER BY a.name, h.hostname"
@@ -860,11 +878,43 @@ impl Store {
                             .unwrap_or(0),
                     }),
                 };
+                let hostname: String = r.try_get("hostname")?;
+                let verified = r.try_get::<Option<i64>, _>("verified_ms")?.is_some();
+                let token: Option<String> = if verified {
+                    None
+                } else {
+                    r.try_get("verification_token")?
+                };
+                let ownership = Some(Ownership {
+                    verified,
+                    verified_by: r.try_get("verified_by")?,
+                    dns_record: token.as_ref().map(|t| {
+                        format!(
+                            "{} TXT \"{t}\"",
+                            crate::ownership::check::dns_record_name(&hostname)
+                        )
+                    }),
+                    http_url: token.as_ref().map(|t| {
+                        format!("http://{hostname}{}", crate::ownership::check::http_path(t))
+                    }),
+                    error: if verified {
+                        None
+                    } else {
+                        r.try_get("check_error")?
+                    },
+                    next_check_ms: if verified {
+                        None
+                    } else {
+                        r.try_get("next_check_ms")?
+                    },
+                    token,
+                });
                 Ok(Domain {
-                    hostname: r.try_get("hostname")?,
+                    hostname,
                     app: r.try_get("app")?,
                     certificate,
                     managed,
+                    ownership,
                     created_ms: r.try_get("created_ms")?,
                 })
             })

@@ -1,4 +1,5 @@
-//! ACME HTTP-01 challenge answers: (hostname, token) → key authorization,
+//! ACME HTTP-01 challenge answers (and hostnames' ownership tokens, at
+//! `/.well-known/gannet-challenge/`): (hostname, token) → key authorization,
 //! an immutable [`ChallengeTable`] behind an atomic pointer
 //! ([`Challenges`], the routing table's pattern), replaced whole when a
 //! revision is applied. Independent of routing: a hostname being validated
@@ -20,6 +21,11 @@ use arc_swap::ArcSwap;
 
 /// Where ACME HTTP-01 challenges are asked for (RFC 8555 §8.3).
 pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+/// Where the control API asks for a hostname's ownership token (the same
+/// table: a token is public, and answers only for its hostname).
+pub const OWNERSHIP_CHALLENGE: &str = "/.well-known/gannet-challenge/";
+/// What both paths start with: the one check every other request pays.
+pub const WELL_KNOWN: &str = "/.well-known/";
 
 const MAX_HOSTNAME: usize = 253;
 const MAX_TOKEN: usize = 256;
@@ -107,7 +113,10 @@ impl ChallengeTable {
     /// table. The host is the request's (`:port` and a trailing dot
     /// stripped, lowercased).
     pub fn answer<B>(&self, req: &http::Request<B>) -> Option<Bytes> {
-        let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+        let path = req.uri().path();
+        let token = path
+            .strip_prefix(ACME_CHALLENGE)
+            .or_else(|| path.strip_prefix(OWNERSHIP_CHALLENGE))?;
         if token.is_empty() || token.contains('/') {
             return None;
         }

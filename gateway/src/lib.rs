@@ -41,10 +41,12 @@ use crate::routes_file::{AppSpec, LimitBounds, RoutesError};
 use crate::tls::{CertStore, HostCertError};
 use arc_swap::ArcSwap;
 use gannet_model::Sha256Digest;
+use gannet_model::snapshot::PlatformTls;
 use gannet_runtime::fair::{ShareConfig, Shares};
 use gannet_runtime::guest_log::GuestLog;
 use gannet_runtime::outbound::OutboundPolicy;
 use gannet_runtime::{InstanceSettings, Runtime, RuntimeConfig, RuntimeError};
+use gannet_server::tickets::{SharedTicketer, TicketKey};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,6 +121,12 @@ pub struct Gateway {
     certs: Arc<CertStore>,
     /// The ACME HTTP-01 challenges both listeners answer.
     challenges: Arc<Challenges>,
+    /// Session tickets: with keys from the control API, shared by the
+    /// PoP's gateways; without, this process's own.
+    tickets: Arc<SharedTicketer>,
+    /// The control API's TLS settings in service (applied only when they
+    /// change: a platform certificate is parsed once).
+    platform_tls: std::sync::Mutex<Option<PlatformTls>>,
     /// Serializes reloads; holds the digest memo (path → mtime, size, digest).
     reload: Mutex<HashMap<PathBuf, (SystemTime, u64, Sha256Digest)>>,
 }
@@ -178,6 +186,8 @@ impl Gateway {
             state,
             certs,
             challenges: Arc::new(Challenges::new()),
+            tickets: SharedTicketer::new().map_err(|e| GatewayError::Tls(e.to_string()))?,
+            platform_tls: std::sync::Mutex::new(None),
             readiness: Arc::new(Readiness::default()),
             reload: Mutex::new(HashMap::new()),
         };
@@ -250,6 +260,63 @@ impl Gateway {
     /// The certificates the TLS listener serves.
     pub fn certs(&self) -> &Arc<CertStore> {
         &self.certs
+    }
+
+    /// The session-ticket keys in service.
+    pub fn tickets(&self) -> &Arc<SharedTicketer> {
+        &self.tickets
+    }
+
+    /// Serves the control API's TLS settings (`None`: the gateway's own):
+    /// its platform certificate in place of the `--tls-cert` files', and
+    /// its ticket keys in place of this process's. A platform certificate
+    /// that cannot be served is logged and the one in service stays; a
+    /// ticket key that does not parse is left out.
+    pub fn apply_platform_tls(&self, tls: Option<&PlatformTls>) {
+        let mut applied = self
+            .platform_tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if applied.as_ref() == tls {
+            return;
+        }
+        let old_certificate = applied.as_ref().and_then(|t| t.certificate.as_ref());
+        let certificate = tls.and_then(|t| t.certificate.as_ref());
+        if old_certificate != certificate {
+            match certificate {
+                None => self.certs.set_control_platform(None),
+                Some(pair) => {
+                    match tls::ServedCert::from_pem(
+                        pair.cert_pem.as_bytes(),
+                        pair.key_pem.as_bytes(),
+                    ) {
+                        Ok(cert) => {
+                            tracing::info!(names = ?cert.info.names, not_after = cert.info.not_after, "serving the control API's platform certificate");
+                            self.certs.set_control_platform(Some(cert));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the control API's platform certificate cannot be served; keeping the one in service")
+                        }
+                    }
+                }
+            }
+        }
+        let keys = tls
+            .map(|t| {
+                t.ticket_keys
+                    .iter()
+                    .filter_map(|k| match TicketKey::from_wire(&k.id, &k.secret, k.not_after_ms) {
+                        Ok(key) => Some(key),
+                        Err(e) => {
+                            tracing::error!(id = %k.id, error = %e, "a ticket key from the control API does not parse; left out");
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.tickets.set_keys(keys);
+        *applied = tls.cloned();
     }
 
     /// The ACME HTTP-01 challenges both listeners answer (replaced whole
@@ -415,8 +482,11 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let tls = match (&self.config.https, tls_listener) {
             (Some(https), Some(l)) => {
-                let config = gannet_server::tls::server_config(self.certs.clone())
-                    .map_err(|e| GatewayError::Tls(e.to_string()))?;
+                let config = gannet_server::tls::server_config_with_tickets(
+                    self.certs.clone(),
+                    self.tickets.clone(),
+                )
+                .map_err(|e| GatewayError::Tls(e.to_string()))?;
                 let settings = gannet_server::TlsSettings {
                     config,
                     handshake_timeout: https.handshake_timeout,

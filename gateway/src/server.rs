@@ -8,7 +8,7 @@
 //! `gannet_connections_*` and `gannet_tls_*` metrics.
 
 use crate::body::GatewayBody;
-use crate::challenges::{ACME_CHALLENGE, Challenges};
+use crate::challenges::{ACME_CHALLENGE, Challenges, OWNERSHIP_CHALLENGE, WELL_KNOWN};
 use crate::invoke::{State, handle};
 use crate::metrics::Metrics;
 use crate::router::request_host;
@@ -86,7 +86,7 @@ fn acme_answer<B>(
     metrics: &Metrics,
     req: &Request<B>,
 ) -> Option<Response<GatewayBody>> {
-    if !req.uri().path().starts_with(ACME_CHALLENGE) {
+    if !req.uri().path().starts_with(WELL_KNOWN) {
         return None;
     }
     let key_authorization = challenges.answer(req)?;
@@ -106,7 +106,8 @@ fn https_redirect(
     req: &Request<Incoming>,
     port: u16,
 ) -> Option<Response<GatewayBody>> {
-    if req.uri().path().starts_with(ACME_CHALLENGE) {
+    let path = req.uri().path();
+    if path.starts_with(ACME_CHALLENGE) || path.starts_with(OWNERSHIP_CHALLENGE) {
         return None;
     }
     let host = request_host(req)?;

@@ -229,6 +229,22 @@ pub struct CertStore {
     /// Serializes writers (the platform certificate's SIGHUP, the tenants'
     /// sync), so that neither loses the other's change.
     writing: Mutex<()>,
+    /// The platform certificate from the `--tls-cert` files, and the one
+    /// from the control API, which wins when set.
+    platform_sources: Mutex<PlatformSources>,
+}
+
+/// Where the platform certificate may come from.
+#[derive(Default)]
+struct PlatformSources {
+    file: Option<ServedCert>,
+    control: Option<ServedCert>,
+}
+
+impl PlatformSources {
+    fn served(&self) -> Option<ServedCert> {
+        self.control.clone().or_else(|| self.file.clone())
+    }
 }
 
 impl std::fmt::Debug for CertStore {
@@ -247,16 +263,47 @@ impl CertStore {
             metrics,
             parsed: Mutex::new(HashMap::new()),
             writing: Mutex::new(()),
+            platform_sources: Mutex::new(PlatformSources::default()),
         })
     }
 
-    /// Serves `cert` as the platform certificate from the next handshake
-    /// on (handshakes and connections under way keep theirs).
+    /// Serves `cert` (from the `--tls-cert` files) as the platform
+    /// certificate from the next handshake on (handshakes and connections
+    /// under way keep theirs), unless the control API's is set: that one
+    /// wins.
     pub fn set_platform(&self, cert: ServedCert) {
         let _writing = lock(&self.writing);
+        let served = {
+            let mut sources = lock(&self.platform_sources);
+            sources.file = Some(cert);
+            sources.served()
+        };
+        self.install_platform(served);
+    }
+
+    /// Serves `cert`, the platform certificate from the control API, in
+    /// place of the files' (`None`: the files' again).
+    pub fn set_control_platform(&self, cert: Option<ServedCert>) {
+        let _writing = lock(&self.writing);
+        let served = {
+            let mut sources = lock(&self.platform_sources);
+            sources.control = cert;
+            sources.served()
+        };
+        self.install_platform(served);
+    }
+
+    /// Whether the platform certificate in service is the control API's.
+    pub fn platform_from_control(&self) -> bool {
+        lock(&self.platform_sources).control.is_some()
+    }
+
+    /// Installs `platform` with the tenants' certificates in service;
+    /// the caller holds `writing`.
+    fn install_platform(&self, platform: Option<ServedCert>) {
         let old = self.table.load();
         self.install(CertTable::new(
-            Some(cert),
+            platform,
             old.hosts.clone(),
             old.owners.clone(),
             old.routes.clone(),

@@ -297,8 +297,41 @@ pub struct Domain {
     /// For a managed certificate: where obtaining or renewing it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedCertificate>,
+    /// Whether the tenant proved it controls the hostname (it serves only
+    /// then), and how to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<Ownership>,
     /// When it was added, ms.
     pub created_ms: i64,
+}
+
+/// Whether a custom hostname's owner proved control, and how to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Ownership {
+    /// Proved: the hostname serves.
+    pub verified: bool,
+    /// How: `dns`, `http`, `acme` (a managed certificate's validation),
+    /// `operator`, or `legacy` (claimed before proofs were required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
+    /// Until proved: a TXT record to add (`_gannet-challenge.<hostname>`)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_record: Option<String>,
+    /// …or the hostname pointed at the platform, whose gateways then answer
+    /// this URL (the value to find is the same token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_url: Option<String>,
+    /// The token either must show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// What the last check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the platform checks again by itself, ms (`gannet domains
+    /// verify` checks at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_ms: Option<i64>,
 }
 
 /// Where a managed certificate stands.

@@ -97,6 +97,10 @@ pub enum StateUpdate {
         revision: i64,
         /// All apps.
         apps: Vec<DeployedApp>,
+        /// The PoP's TLS settings from the control API; none: the
+        /// gateway's own (its `--tls-cert` file, per-process ticket keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<PlatformTls>,
     },
     /// What changed since the poller's revision.
     Delta {
@@ -106,7 +110,67 @@ pub enum StateUpdate {
         upserts: Vec<DeployedApp>,
         /// Keys (`tenant/app`) no longer served.
         removals: Vec<String>,
+        /// The PoP's TLS settings, when they changed (whole); absent: as
+        /// before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<PlatformTls>,
     },
+}
+
+/// TLS settings the control API gives every gateway of a PoP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlatformTls {
+    /// The platform certificate (`*.<platform domain>`), set by the
+    /// operator with `gannet admin certs set --platform`; it wins over a
+    /// gateway's `--tls-cert` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PemPair>,
+    /// Session-ticket keys shared by the PoP's gateways (a ticket one
+    /// issues resumes at another), rotated by the control API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ticket_keys: Vec<TicketKeyWire>,
+}
+
+/// A certificate chain and its private key, PEM. `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PemPair {
+    /// PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A session-ticket key as it travels. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TicketKeyWire {
+    /// Its id: 16 bytes, lowercase hex (the first bytes of its tickets).
+    pub id: String,
+    /// The AES-256-GCM key: 32 bytes, lowercase hex.
+    pub secret: String,
+    /// Past this (ms since the epoch) it neither makes nor opens tickets.
+    pub not_after_ms: i64,
+}
+
+impl std::fmt::Debug for TicketKeyWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKeyWire")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("not_after_ms", &self.not_after_ms)
+            .finish()
+    }
 }
 
 /// What a gateway reports after applying (or failing to apply) a revision.

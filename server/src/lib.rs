@@ -21,6 +21,7 @@
 pub mod bind;
 pub mod limits;
 pub mod stats;
+pub mod tickets;
 pub mod tls;
 
 mod conn;

@@ -11,7 +11,7 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -212,12 +212,22 @@ pub fn read_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, CertE
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    server_config_with_tickets(resolver, rustls::crypto::ring::Ticketer::new()?)
+}
+
+/// [`server_config`] with resumption tickets sealed and opened by
+/// `ticketer` (a [`crate::tickets::SharedTicketer`] for keys shared by the
+/// gateways of a PoP) instead of keys of this process alone.
+pub fn server_config_with_tickets(
+    resolver: Arc<dyn ResolvesServerCert>,
+    ticketer: Arc<dyn ProducesTickets>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = ticketer;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }

@@ -262,8 +262,32 @@ async fn tenant_flow_through_the_cli() {
                 &[],
             )
             .await;
-        assert!(out.contains("with its own certificate"), "{out}");
+        // A certificate is no proof of control: the hostname serves once
+        // its owner proves it, and the CLI says how.
+        assert!(out.contains("prove you control it"), "{out}");
+        assert!(
+            out.contains("_gannet-challenge.www.example.com TXT"),
+            "{out}"
+        );
+        assert!(
+            out.contains("http://www.example.com/.well-known/gannet-challenge/"),
+            "{out}"
+        );
+        // Nothing proves it here: refused with what each check found
+        // (no DNS answers for example.com on this machine's test resolver,
+        // or a non-public address), exit 1.
+        cli.fails(
+            &["domains", "verify", "www.example.com", "--app", "shop"],
+            &[],
+            1,
+            "not proved yet",
+        )
+        .await;
         let listed = cli.ok(&["domains", "list"], &[]).await;
+        assert!(
+            listed.contains("not serving until control is proved"),
+            "{listed}"
+        );
         assert!(listed.contains("www.example.com"), "{listed}");
         assert!(listed.contains("Gannet CLI domains CA"), "{listed}");
         assert!(listed.contains("(in "), "no expiry shown: {listed}");

@@ -208,6 +208,15 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // The CA's validation proved control of the hostname: it serves.
+        sqlx::query(
+            "UPDATE hostnames SET verified_ms = $1, verified_by = 'acme', check_error = NULL \
+             WHERE hostname = $2 AND verified_ms IS NULL",
+        )
+        .bind(now)
+        .bind(hostname)
+        .execute(&mut *tx)
+        .await?;
         let revision = self.append_change(&mut tx, app_id).await?;
         tx.commit().await?;
         Ok(Some(revision))

@@ -31,6 +31,10 @@ pub fn router() -> Router<AppState> {
             post(add_domain).get(list_app_domains),
         )
         .route("/v1/apps/{app}/domains/{hostname}", delete(remove_domain))
+        .route(
+            "/v1/apps/{app}/domains/{hostname}/verify",
+            post(verify_domain),
+        )
         .route("/v1/domains", get(list_domains))
 }
 
@@ -214,6 +218,9 @@ pub(crate) async fn add_domain(
         .await
         .map_err(|e| on_unique(e, || format!("hostname `{hostname}` is already in use")))?;
     s.notifier.bump(written.revision, Scope::Everywhere);
+    if written.added {
+        s.ownership_wake.notify_one();
+    }
     if managed {
         s.acme_wake.notify_one();
         s.store
@@ -281,6 +288,69 @@ pub(crate) async fn list_domains(
     Ok(axum::Json(
         s.store.list_domains(auth.tenant_id, None).await?,
     ))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/domains/{hostname}/verify", tag = "apps", security(("bearer" = [])), params(("app" = String, Path), ("hostname" = String, Path)),
+    description = "Checks now that the tenant controls the hostname: a TXT record `_gannet-challenge.<hostname>` holding the token, or the token at `http://<hostname>/.well-known/gannet-challenge/<token>` (answered by the gateways once the hostname points at them). On success the hostname serves within the sync time. The listing (`GET /v1/apps/{app}/domains`) shows the token and both ways.",
+    responses((status = 200, description = "proved (or proved before)", body = Domain), (status = 409, description = "`ownership-not-proved`: what each check found", body = Problem, content_type = "application/problem+json"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn verify_domain(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path((name, hostname)): Path<(String, String)>,
+) -> Result<axum::Json<Domain>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let hostname = hostname.trim_end_matches('.').to_ascii_lowercase();
+    let waiting = match s.store.unverified(app.id, &hostname).await {
+        Ok(waiting) => waiting,
+        Err(sqlx::Error::RowNotFound) => {
+            return Err(ApiError::NotFound(format!(
+                "app `{name}` has no custom hostname `{hostname}`"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(host) = waiting {
+        let checker = crate::ownership::check::Checker::new(s.config.ownership.check.clone())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match crate::ownership::worker::check_now(&s, &checker, &host).await {
+            Ok(proof) => {
+                s.store
+                    .audit(
+                        Some(auth.tenant_id),
+                        auth.token_id,
+                        "domain.verify",
+                        &format!("{name} {hostname} {proof}"),
+                    )
+                    .await?;
+            }
+            Err(reasons) => {
+                // Shown in the listing too; not counted in the back-off
+                // (asking is not a failure of the proof).
+                s.store
+                    .record_check_failure(
+                        &hostname,
+                        &reasons,
+                        crate::ownership::worker::next_check_ms(
+                            crate::store::now_ms(),
+                            host.failures,
+                            s.config.ownership.first_backoff,
+                        ),
+                        false,
+                    )
+                    .await?;
+                return Err(ApiError::NotProved(reasons));
+            }
+        }
+    }
+    s.store
+        .list_domains(auth.tenant_id, Some(app.id))
+        .await?
+        .into_iter()
+        .find(|d| d.hostname == hostname)
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("app `{name}` has no custom hostname `{hostname}`"))
+        })
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app}/domains/{hostname}", tag = "apps", security(("bearer" = [])), params(("app" = String, Path), ("hostname" = String, Path)),

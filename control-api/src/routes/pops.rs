@@ -10,6 +10,7 @@
 use crate::AppState;
 use crate::auth::{AdminAuth, TenantAuth, hash_token, new_token};
 use crate::desired_state::GatewayState;
+use crate::desired_state::Scope;
 use crate::error::{ApiError, on_unique};
 use crate::extract::{Json, Path};
 use crate::routes::apps::app_of;
@@ -98,6 +99,17 @@ pub(crate) async fn create_pop(
     s.store
         .audit(None, auth.token_id, "pop.create", &req.name)
         .await?;
+    // Its first session-ticket key now, not at the next rotation.
+    match s.store.rotate_ticket_keys(crate::store::now_ms()).await {
+        Ok(made) => {
+            for (revision, pop_id) in made {
+                s.notifier.bump(revision, Scope::Pop(pop_id));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "making the new PoP's ticket key failed; the rotation retries")
+        }
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(Pop {

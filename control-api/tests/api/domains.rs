@@ -118,6 +118,14 @@ fn info(cert: &TestCert) -> CertInfo {
     CertInfo::of(&key).unwrap()
 }
 
+/// The operator vouches for `host` (it serves).
+pub(crate) async fn vouch(op: &Caller, host: &str) {
+    let r = op
+        .post(&format!("/v1/admin/domains/{host}/verify"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
+}
+
 /// PoP `pop` and a gateway's caller (node token) for it.
 async fn gateway(op: &Caller, base: &str, pop: &str) -> Caller {
     let r = op.post("/v1/admin/pops", json!({"name": pop})).await;
@@ -350,6 +358,13 @@ async fn a_certificate_is_listed_rotated_served_to_gateways_and_removed_and_its_
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{backend:?}: {}", r.json);
         assert_eq!(r.json["hostnames"], json!(["shop-acme.localhost", HOST]));
+        // Unproved, it does not serve: gateways get its token, not its
+        // certificate. The operator vouches for it (the proofs themselves
+        // are tested in ownership.rs).
+        let update = state(&node, -1).await;
+        assert_eq!(certificates(served(&update, "shop")), Vec::<Value>::new());
+        assert!(!served(&update, "shop")["hosts"].to_string().contains(HOST));
+        vouch(&op, HOST).await;
         let added = store.revision().await.unwrap();
         assert!(added > before, "{backend:?}");
         let domains = t.get("/v1/apps/shop/domains").await.json;
@@ -496,6 +511,7 @@ async fn a_bystander_cannot_take_see_or_remove_another_tenants_domain() {
             .post("/v1/apps/shop/domains", with_cert(HOST, &cert))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+        vouch(&op, HOST).await;
         let listing = a.get("/v1/domains").await.json;
         let revision = api.state.store.revision().await.unwrap();
 
@@ -659,6 +675,7 @@ async fn a_key_sealed_for_another_hostname_or_master_key_does_not_open_and_is_le
             .post("/v1/apps/shop/domains", with_cert(HOST, &cert))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+        vouch(&op, HOST).await;
         let shop_certificates = |apps: Vec<(i64, gannet_model::snapshot::DeployedApp)>| {
             apps.into_iter()
                 .find(|(_, a)| a.app == "shop")

@@ -7,6 +7,8 @@ mod flows;
 mod hostile;
 mod managed;
 mod openapi;
+mod ownership;
+mod platform;
 mod tls;
 mod uploads;
 
@@ -129,6 +131,10 @@ impl Caller {
 
     pub async fn get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(body)).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {

@@ -42,7 +42,9 @@ use crate::routes_file::AppSpec;
 use crate::tls::HostCertError;
 use crate::{Gateway, GatewayError, cache::PrepareError};
 use api::Api;
-use gannet_model::snapshot::{AppReport, DeployedApp, FailedApp, GatewayAck, StateUpdate};
+use gannet_model::snapshot::{
+    AppReport, DeployedApp, FailedApp, GatewayAck, PlatformTls, StateUpdate,
+};
 use gannet_model::{AppId, Sha256Digest};
 use gannet_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,10 @@ pub struct Applied {
     /// reason. Their previous version (if any) keeps serving.
     #[serde(default)]
     pub pending: BTreeMap<String, Pending>,
+    /// The PoP's TLS settings from the control API (platform certificate,
+    /// shared ticket keys), if it gives any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformTls>,
 }
 
 impl Default for Applied {
@@ -71,6 +77,7 @@ impl Default for Applied {
             revision: -1,
             apps: BTreeMap::new(),
             pending: BTreeMap::new(),
+            platform: None,
         }
     }
 }
@@ -204,6 +211,7 @@ fn challenges_of(applied: &Applied) -> ChallengeTable {
 /// routing table and certificates. Returns how many challenges are
 /// answered.
 fn serve_state(gateway: &Gateway, dir: &StateDir, applied: &Applied) -> usize {
+    gateway.apply_platform_tls(applied.platform.as_ref());
     let challenges = gateway.challenges().replace(challenges_of(applied));
     gateway.install(specs_of(dir, applied));
     challenges
@@ -237,6 +245,7 @@ pub async fn boot_from_disk(gateway: &Gateway, cp: &ControlPlane) -> Result<bool
         }
     }
     let left_out = applied.apps.len() - serving.len();
+    gateway.apply_platform_tls(applied.platform.as_ref());
     // Every app's challenges, those left out and pending included.
     gateway.challenges().replace(challenges_of(&applied));
     gateway.install(serving);
@@ -360,6 +369,7 @@ async fn reconcile(
         revision: desired.revision,
         apps: BTreeMap::new(),
         pending: BTreeMap::new(),
+        platform: desired.platform.clone(),
     };
     for (key, want) in &desired.apps {
         let now = served.apps.get(key);
@@ -452,15 +462,21 @@ fn reports(gateway: &Gateway) -> Vec<AppReport> {
 
 fn next_state(current: &Applied, update: StateUpdate) -> Applied {
     match update {
-        StateUpdate::Snapshot { revision, apps } => Applied {
+        StateUpdate::Snapshot {
+            revision,
+            apps,
+            platform,
+        } => Applied {
             revision,
             apps: apps.into_iter().map(|a| (a.key(), a)).collect(),
             pending: BTreeMap::new(),
+            platform,
         },
         StateUpdate::Delta {
             revision,
             upserts,
             removals,
+            platform,
         } => {
             let mut apps = current.apps.clone();
             for key in removals {
@@ -473,6 +489,7 @@ fn next_state(current: &Applied, update: StateUpdate) -> Applied {
                 revision,
                 apps,
                 pending: BTreeMap::new(),
+                platform: platform.or_else(|| current.platform.clone()),
             }
         }
     }
@@ -695,6 +712,7 @@ mod tests {
             revision,
             apps: BTreeMap::from([(app.key(), app.clone())]),
             pending: BTreeMap::new(),
+            platform: None,
         }
     }
 
@@ -891,6 +909,7 @@ mod tests {
             revision,
             apps: BTreeMap::from([(shop.key(), shop.clone()), (blog.key(), blog.clone())]),
             pending: BTreeMap::new(),
+            platform: None,
         };
         assert_eq!(answers(&gw), (None, None));
 

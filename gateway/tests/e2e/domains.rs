@@ -8,6 +8,7 @@
 use crate::certs::{self, CertFiles, NOT_AFTER_2040, arg, ca_pem, jan_first, leaf, leaf_until};
 use crate::control::{POP, Platform};
 use crate::harness::{Body, Gateway, Reply, component, empty_body, eventually, shared_cache};
+use gannet_control_api::testing::OPERATOR_TOKEN;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -140,6 +141,17 @@ async fn add_domain(p: &Platform, token: &str, app: &str, hostname: &str, pair: 
         (200..300).contains(&status),
         "adding {hostname} to {app}: {status} {answer}"
     );
+    // It serves once control is proved: the operator vouches (the proofs
+    // themselves are tested in ownership.rs).
+    let (status, answer) = p
+        .call(
+            OPERATOR_TOKEN,
+            "POST",
+            &format!("/v1/admin/domains/{hostname}/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "vouching for {hostname}: {answer}");
 }
 
 /// The control API with two tenants, each with an app on `hello` and a

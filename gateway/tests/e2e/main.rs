@@ -16,5 +16,6 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod platform_tls;
 mod routing;
 mod tls;
