@@ -32,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod fault;
 pub mod master_key;
+pub mod metrics;
 pub mod openapi;
 pub mod ownership;
 pub mod platform_tls;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub ownership_wake: Arc<tokio::sync::Notify>,
     /// Whether this process's ownership checks were started.
     pub ownership_started: Arc<std::sync::atomic::AtomicBool>,
+    /// What the background work did (`GET /metrics`).
+    pub metrics: Arc<metrics::ApiMetrics>,
 }
 
 /// What [`AppState::build`] also reports: a bootstrap operator token, when
@@ -157,6 +160,7 @@ impl AppState {
                 platform_tls_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 ownership_wake: Arc::new(tokio::sync::Notify::new()),
                 ownership_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                metrics: Arc::new(metrics::ApiMetrics::new()?),
             },
             bootstrap_token,
         })
@@ -201,6 +205,18 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::versions::router())
         .merge(routes::pops::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(s): axum::extract::State<AppState>,
+                 _auth: auth::AdminAuth| async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        s.metrics.render(),
+                    )
+                },
+            ),
+        )
         .route(
             "/v1/openapi.json",
             axum::routing::get(|| async {

@@ -338,6 +338,11 @@ impl Worker {
                 {
                     Ok(Some(revision)) => {
                         self.state.notifier.bump(revision, Scope::Everywhere);
+                        self.state
+                            .metrics
+                            .acme_orders
+                            .with_label_values(&["issued"])
+                            .inc();
                         tracing::info!(%hostname, issuer = %info.issuer, not_after = info.not_after, "managed certificates: issued");
                     }
                     Ok(None) => {
@@ -358,6 +363,11 @@ impl Worker {
     }
 
     async fn record_failure(&self, claimed: &Claimed, failure: Failure) {
+        self.state
+            .metrics
+            .acme_orders
+            .with_label_values(&["failed"])
+            .inc();
         let retry_at = retry_at_ms(now_ms(), claimed.failures, self.retry_after.take());
         tracing::warn!(
             hostname = %claimed.hostname,

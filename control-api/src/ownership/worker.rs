@@ -71,7 +71,18 @@ pub async fn check_now(
     host: &Unverified,
 ) -> Result<&'static str, String> {
     let try_http = gateways_have(state, host.token_revision).await;
-    let proof = checker.check(&host.hostname, &host.token, try_http).await?;
+    let checked = checker.check(&host.hostname, &host.token, try_http).await;
+    let result = if checked.is_ok() {
+        "verified"
+    } else {
+        "not_proved"
+    };
+    state
+        .metrics
+        .ownership_checks
+        .with_label_values(&[result])
+        .inc();
+    let proof = checked?;
     match state
         .store
         .mark_verified(&host.hostname, proof.as_str())

@@ -490,6 +490,29 @@ async fn a_managed_hostname_gets_a_certificate_from_pebble_validated_over_http01
     }
     api.assert_no_key(&gw);
 
+    // The operator's metrics count the orders by result.
+    let (status, metrics) = p
+        .call(
+            gannet_control_api::testing::OPERATOR_TOKEN,
+            "GET",
+            "/metrics",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{metrics}");
+    let text = metrics.as_str().unwrap_or_default();
+    let count = |result: &str| {
+        let prefix = format!("gannet_acme_orders_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("issued") >= 2.0, "first and renewal: {text}");
+    assert!(count("failed") >= 1.0, "{text}");
+    let (status, _) = p.call(&acme, "GET", "/metrics", None).await;
+    assert_eq!(status, 403, "a tenant reads the platform's metrics");
+
     drop(gw);
     drop(pebble);
 }
