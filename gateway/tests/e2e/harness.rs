@@ -129,14 +129,20 @@ impl Gateway {
         Self::spawn(all, dir)
     }
 
-    /// Runs the binary on loopback port 0 with `args`, and waits until both
-    /// listeners are up (and the HTTPS one, with `--tls-listen`).
+    /// Runs the binary on loopback port 0 with `args` (the public listener
+    /// on the address they give with `--listen`, if they do), and waits
+    /// until both listeners are up (and the HTTPS one, with `--tls-listen`).
     fn spawn(args: Vec<std::ffi::OsString>, dir: tempfile::TempDir) -> Gateway {
         let want_tls = args
             .iter()
             .any(|a| a.to_string_lossy().starts_with("--tls-listen"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let listen_given = args.iter().any(|a| a.to_str() == Some("--listen"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gannet-gateway"));
+        if !listen_given {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--pool-instances", "64", "--drain-timeout-secs", "10"])
             .args(args)
             .env("RUST_LOG", "info")

@@ -16,6 +16,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod ownership;
 mod platform_tls;
 mod routing;
 mod tls;
