@@ -309,7 +309,9 @@ pub enum GatewaysCommand {
         #[arg(long)]
         pop: String,
     },
-    /// List gateways: revision applied, last contact, apps refused and why.
+    /// List gateways: PoP, Gannet version, architecture, revision applied
+    /// and lag, last contact (SILENT when not heard from for 90 s), apps
+    /// refused and why. `--json` prints the whole listing.
     List,
     /// Revoke a gateway's node token.
     Revoke {

@@ -146,6 +146,25 @@ fn when(ms: i64) -> String {
     }
 }
 
+/// How long ago `ms` (ms since the epoch) was: "12 s ago", "5 min ago",
+/// "3 h ago", "2 d ago"; "never" without one.
+fn last_contact(ms: Option<i64>) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(ms);
+    let ago = (now - ms).max(0) / 1000;
+    match ago {
+        0..120 => format!("{ago} s ago"),
+        120..7200 => format!("{} min ago", ago / 60),
+        7200..172_800 => format!("{} h ago", ago / 3600),
+        _ => format!("{} d ago", ago / 86400),
+    }
+}
+
 fn size(s: &Option<String>) -> Result<Option<ByteSize>> {
     s.as_deref()
         .map(|v| {
@@ -749,16 +768,33 @@ async fn gateways(client: &Client, cmd: GatewaysCommand, json: bool) -> Result<(
                 return print_json(&list);
             }
             println!(
-                "{:<8} {:<12} {:<9} {:<10} {:<8} {}",
-                "GATEWAY", "POP", "REVISION", "SEEN", "REFUSED", "LAST ERROR"
+                "{:<12} {:<8} {:<10} {:<8} {:<9} {:<6} {:<12} {:<7} {:<8} {}",
+                "POP",
+                "GATEWAY",
+                "VERSION",
+                "ARCH",
+                "REVISION",
+                "LAG",
+                "LAST CONTACT",
+                "STATUS",
+                "REFUSED",
+                "LAST ERROR"
             );
             for g in &list {
                 println!(
-                    "{:<8} {:<12} {:<9} {:<10} {:<8} {}",
-                    g["id"].to_string(),
+                    "{:<12} {:<8} {:<10} {:<8} {:<9} {:<6} {:<12} {:<7} {:<8} {}",
                     g["pop"].as_str().unwrap_or("?"),
+                    g["id"].to_string(),
+                    g["gannet_version"].as_str().unwrap_or("-"),
+                    g["arch"].as_str().unwrap_or("-"),
                     g["applied_revision"].to_string(),
-                    g["last_seen_ms"].as_i64().map_or("never".into(), when),
+                    g["lag"].as_i64().unwrap_or(0),
+                    last_contact(g["last_seen_ms"].as_i64()),
+                    if g["silent"].as_bool().unwrap_or(false) {
+                        "SILENT"
+                    } else {
+                        "ok"
+                    },
                     g["failed_apps"].as_array().map_or(0, Vec::len),
                     g["last_error"].as_str().unwrap_or("")
                 );

@@ -26,7 +26,8 @@
 use crate::platform_tls::PLATFORM_CHANGE;
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{
-    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, StateUpdate,
+    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration,
+    HostCertificate, StateUpdate,
 };
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, HashMap};
@@ -242,7 +243,39 @@ pub struct GatewayState {
     pub apps: Vec<AppReport>,
     /// Apps it refused.
     pub failed_apps: Vec<FailedApp>,
+    /// CPU architecture it registered with (`None` until it registers).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Its engine's compatibility hash: gateways with the same one can run
+    /// each other's precompiled components.
+    #[serde(default)]
+    pub engine_compat: Option<String>,
+    /// Its Gannet version.
+    #[serde(default)]
+    pub gannet_version: Option<String>,
+    /// The addresses its public listeners are bound to.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Its process's random id: a new one means it restarted.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// When it last registered (started), ms.
+    #[serde(default)]
+    pub registered_ms: Option<i64>,
+    /// How many revisions for its PoP it is behind (0: up to date).
+    #[serde(default)]
+    pub lag: i64,
+    /// Whether it has stopped reporting: never seen, or not for
+    /// [`SILENT_AFTER_MS`].
+    #[serde(default)]
+    pub silent: bool,
 }
+
+/// A gateway not heard from for this long is silent. A live gateway is
+/// heard from every 30 s at most (each state poll waits at most its 30 s
+/// `wait_ms`, and it polls again, or heartbeats, at once), so this is three
+/// heartbeats missed.
+pub const SILENT_AFTER_MS: i64 = 90_000;
 
 /// Whether hostname `h` serves traffic: once its owner proved control
 /// (platform hostnames always; a managed one when its certificate is
@@ -693,26 +726,89 @@ impl Store {
         Ok(())
     }
 
-    /// Every active gateway with its state.
+    /// Stores what a gateway said about itself at its start (replacing
+    /// what it said before), and marks it seen.
+    pub async fn register_gateway(
+        &self,
+        gateway_id: i64,
+        registration: &GatewayRegistration,
+    ) -> DbResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE gateways SET arch = $1, engine_compat = $2, gannet_version = $3, listen_json = $4, \
+             boot_id = $5, registered_ms = $6, last_seen_ms = $7 WHERE id = $8",
+        )
+        .bind(registration.arch.clone())
+        .bind(registration.engine_compat.clone())
+        .bind(registration.gannet_version.clone())
+        .bind(serde_json::to_string(&registration.listen).unwrap_or_else(|_| "[]".into()))
+        .bind(registration.boot_id.clone())
+        .bind(now)
+        .bind(now)
+        .bind(gateway_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every active gateway with its state, its registration, its lag and
+    /// whether it is silent.
+    ///
+    /// The lag is counted against the newest revision *for its PoP* (a
+    /// change for another PoP does not move a gateway's applied revision);
+    /// a gateway older than the retained feed is behind the head itself.
     pub async fn gateway_states(&self) -> DbResult<Vec<GatewayState>> {
+        let head = self.feed_head().await?;
+        // The newest retained revision for every PoP (`None`) and for each.
+        let mut heads: HashMap<Option<i64>, i64> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT pop_id, CAST(MAX(revision) AS BIGINT) AS head FROM state_changes GROUP BY pop_id",
+        )
+        .fetch_all(self.pool())
+        .await?
+        {
+            heads.insert(r.try_get("pop_id")?, r.try_get("head")?);
+        }
+        let everywhere = heads.get(&None).copied().unwrap_or(0);
         let rows = sqlx::query(
-            "SELECT g.id, p.name AS pop, g.applied_revision, g.last_error, g.last_seen_ms, g.report_json, g.failed_json \
+            "SELECT g.id, g.pop_id, p.name AS pop, g.applied_revision, g.last_error, g.last_seen_ms, g.report_json, g.failed_json, \
+             g.arch, g.engine_compat, g.gannet_version, g.listen_json, g.boot_id, g.registered_ms \
              FROM gateways g JOIN pops p ON p.id = g.pop_id WHERE g.revoked_ms IS NULL ORDER BY p.name, g.id",
         )
         .fetch_all(self.pool())
         .await?;
+        let now = now_ms();
         rows.iter()
             .map(|r| {
+                let applied_revision: i64 = r.try_get("applied_revision")?;
+                let last_seen_ms: Option<i64> = r.try_get("last_seen_ms")?;
+                let pop_id: i64 = r.try_get("pop_id")?;
+                let pop_head = if applied_revision < head.pruned_through {
+                    head.revision
+                } else {
+                    everywhere.max(heads.get(&Some(pop_id)).copied().unwrap_or(0))
+                };
                 Ok(GatewayState {
                     id: r.try_get("id")?,
                     pop: r.try_get("pop")?,
-                    applied_revision: r.try_get("applied_revision")?,
+                    applied_revision,
                     last_error: r.try_get("last_error")?,
-                    last_seen_ms: r.try_get("last_seen_ms")?,
+                    last_seen_ms,
                     apps: serde_json::from_str(&r.try_get::<String, _>("report_json")?)
                         .unwrap_or_default(),
                     failed_apps: serde_json::from_str(&r.try_get::<String, _>("failed_json")?)
                         .unwrap_or_default(),
+                    arch: r.try_get("arch")?,
+                    engine_compat: r.try_get("engine_compat")?,
+                    gannet_version: r.try_get("gannet_version")?,
+                    listen: r
+                        .try_get::<Option<String>, _>("listen_json")?
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                        .unwrap_or_default(),
+                    boot_id: r.try_get("boot_id")?,
+                    registered_ms: r.try_get("registered_ms")?,
+                    lag: (pop_head - applied_revision).max(0),
+                    silent: last_seen_ms.is_none_or(|seen| now - seen > SILENT_AFTER_MS),
                 })
             })
             .collect()

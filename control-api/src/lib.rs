@@ -205,6 +205,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::versions::router())
         .merge(routes::pops::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
         .route(
             "/metrics",
             axum::routing::get(
@@ -241,6 +242,21 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// `GET /readyz`: 200 `ready` when the database answers and has every
+/// migration this binary knows applied; otherwise 503 saying why (a load
+/// balancer keeps traffic away from this replica meanwhile).
+async fn readyz(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> (http::StatusCode, String) {
+    match s.store.readiness().await {
+        Ok(()) => (http::StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
 }
 
 /// Serves `app(state)` on `listener` with gannet-server's accept loop,

@@ -9,8 +9,8 @@ use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop
 use crate::routes::{account, admin, apps, pops, versions};
 use gannet_model::api::*;
 use gannet_model::snapshot::{
-    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, HostCertificate, PemPair,
-    PlatformTls, StateUpdate, TicketKeyWire,
+    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration,
+    HostCertificate, PemPair, PlatformTls, StateUpdate, TicketKeyWire,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,14 +29,14 @@ use utoipa::{Modify, OpenApi};
         apps::remove_domain, apps::list_domains,
         versions::upload, versions::list, versions::rollback, versions::download,
         pops::create_pop, pops::list_pops, pops::create_gateway, pops::list_gateways, pops::revoke_gateway,
-        pops::state, pops::component, pops::ack, pops::app_status,
+        pops::state, pops::register, pops::component, pops::ack, pops::app_status,
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
         CreateApp, App, Version, Rollback, AddDomain, CertificateUpload, Domain, CertificateSummary, ManagedCertificate, Ownership, OperatorDomain,
         AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
-        AppReport, FailedApp, GatewayState, HostCertificate, AcmeChallenge,
+        AppReport, FailedApp, GatewayState, GatewayRegistration, HostCertificate, AcmeChallenge,
         PlatformTls, PemPair, TicketKeyWire,
     )),
     modifiers(&BearerAuth),

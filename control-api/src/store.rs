@@ -310,6 +310,46 @@ impl Store {
         &self.pool
     }
 
+    /// The newest migration this binary knows for its database.
+    pub fn newest_migration(&self) -> i64 {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATOR,
+            Dialect::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// Whether this replica can serve (`GET /readyz`): the database
+    /// answers, and its applied migrations reach the newest this binary
+    /// knows. `Err` says why not (without the database's own error text,
+    /// which is logged: the probe is unauthenticated).
+    pub async fn readiness(&self) -> Result<(), String> {
+        if let Err(e) = sqlx::query("SELECT 1").execute(&self.pool).await {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            return Err("the database does not answer".into());
+        }
+        let applied = sqlx::query(
+            "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) AS v FROM _sqlx_migrations WHERE success = TRUE",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>("v"));
+        let applied = match applied {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: the applied migrations cannot be read");
+                return Err("the database's applied migrations cannot be read".into());
+            }
+        };
+        let known = self.newest_migration();
+        if applied < known {
+            return Err(format!(
+                "the database's schema is at migration {applied}; this binary needs migration {known}"
+            ));
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- tokens
 
     /// Stores a token hash; returns its id.

@@ -480,6 +480,11 @@ impl Gateway {
         admin: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), GatewayError> {
+        // Where the public listeners are bound, for the control API.
+        let mut listen = vec![listener.local_addr()?.to_string()];
+        if let Some(l) = &tls_listener {
+            listen.push(l.local_addr()?.to_string());
+        }
         let tls = match (&self.config.https, tls_listener) {
             (Some(https), Some(l)) => {
                 let config = gannet_server::tls::server_config_with_tickets(
@@ -518,7 +523,7 @@ impl Gateway {
             readiness.set_draining();
         });
         if let Some(cp) = self.config.control.clone() {
-            tokio::spawn(sync::run(self.clone(), cp, shutdown.clone()));
+            tokio::spawn(sync::run(self.clone(), cp, listen, shutdown.clone()));
         }
         let limits = gannet_server::ServerLimits {
             drain_timeout: self.config.drain_timeout,

@@ -194,6 +194,28 @@ pub struct GatewayAck {
     pub failed_apps: Vec<FailedApp>,
 }
 
+/// What a gateway says about itself when it starts (`POST
+/// /v1/pops/{pop}/register`), for the operator's listing. Each string is
+/// printable ASCII of at most 128 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GatewayRegistration {
+    /// CPU architecture (`std::env::consts::ARCH`, e.g. `x86_64`).
+    pub arch: String,
+    /// Tells apart the compiled artifacts of different engines: gateways
+    /// with the same value can run each other's precompiled components.
+    pub engine_compat: String,
+    /// The gateway's Gannet version.
+    pub gannet_version: String,
+    /// The addresses its public listeners are bound to (`ip:port`, at most
+    /// 8).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// A random id made once per process start: a new one means the
+    /// gateway restarted (and its counters began again).
+    pub boot_id: String,
+}
+
 /// An app a gateway refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

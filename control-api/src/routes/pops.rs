@@ -6,6 +6,10 @@
 //! than the retained feed), otherwise after a change or `wait_ms` (default
 //! 30 s) as 304. It downloads components by digest (only those its PoP
 //! serves) and ACKs or NACKs each revision with its request figures.
+//! When it starts it registers (`POST /v1/pops/{pop}/register`: its
+//! architecture, engine compatibility hash, version, listen addresses and
+//! boot id); the operator's listing shows that, its lag and whether it is
+//! silent.
 
 use crate::AppState;
 use crate::auth::{AdminAuth, TenantAuth, hash_token, new_token};
@@ -23,6 +27,7 @@ use axum::routing::{delete, get, post};
 use gannet_model::Sha256Digest;
 use gannet_model::api::Problem;
 use gannet_model::snapshot::GatewayAck;
+use gannet_model::snapshot::GatewayRegistration;
 use gannet_model::snapshot::StateUpdate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/gateways", get(list_gateways))
         .route("/v1/admin/gateways/{id}", delete(revoke_gateway))
         .route("/v1/pops/{pop}/state", get(state))
+        .route("/v1/pops/{pop}/register", post(register))
         .route("/v1/pops/{pop}/components/{digest}", get(component))
         // A report lists every app the gateway serves: larger than the
         // API's default body limit once a PoP serves thousands.
@@ -182,7 +188,7 @@ pub(crate) async fn revoke_gateway(
 }
 
 #[utoipa::path(get, path = "/v1/admin/gateways", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, description = "every active gateway: revision applied, apps refused and why, and why its last revision failed, if it did", body = [GatewayState]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "every active gateway: its registration, revision applied and lag, last contact and whether it is silent, apps refused and why, and why its last revision failed, if it did", body = [GatewayState]), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_gateways(
     State(s): State<AppState>,
     _auth: AdminAuth,
@@ -302,6 +308,74 @@ pub(crate) async fn ack(
         tracing::warn!(gateway = node.gateway_id, pop = %node.pop, failed = ?ack.failed_revision, error = %err, "gateway refused a revision");
     }
     s.store.record_ack(node.gateway_id, &ack).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Longest string of a registration, bytes.
+const MAX_REGISTRATION_FIELD: usize = 128;
+
+/// Most listen addresses a registration may give.
+const MAX_LISTEN_ADDRESSES: usize = 8;
+
+/// Checks a registration: every string printable ASCII of at most
+/// [`MAX_REGISTRATION_FIELD`] bytes, at most [`MAX_LISTEN_ADDRESSES`]
+/// listen addresses, each `ip:port`. The error names the field.
+fn check_registration(r: &GatewayRegistration) -> Result<(), ApiError> {
+    fn check(field: &str, value: &str) -> Result<(), ApiError> {
+        if value.len() > MAX_REGISTRATION_FIELD {
+            return Err(ApiError::Invalid(format!(
+                "`{field}` is {} bytes long; at most {MAX_REGISTRATION_FIELD} are allowed",
+                value.len()
+            )));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(ApiError::Invalid(format!(
+                "`{field}` must be printable ASCII"
+            )));
+        }
+        Ok(())
+    }
+    check("arch", &r.arch)?;
+    check("engine_compat", &r.engine_compat)?;
+    check("gannet_version", &r.gannet_version)?;
+    check("boot_id", &r.boot_id)?;
+    if r.listen.len() > MAX_LISTEN_ADDRESSES {
+        return Err(ApiError::Invalid(format!(
+            "`listen` has {} addresses; at most {MAX_LISTEN_ADDRESSES} are allowed",
+            r.listen.len()
+        )));
+    }
+    for (i, addr) in r.listen.iter().enumerate() {
+        let field = format!("listen[{i}]");
+        check(&field, addr)?;
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::Invalid(format!(
+                "`{field}` is not a socket address (ip:port)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/pops/{pop}/register", tag = "gateways", security(("node" = [])), params(("pop" = String, Path)), request_body = GatewayRegistration,
+    responses((status = 204, description = "registered: shown in the operator's gateway listing"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn register(
+    State(s): State<AppState>,
+    node: NodeAuth,
+    Json(registration): Json<GatewayRegistration>,
+) -> Result<StatusCode, ApiError> {
+    check_registration(&registration)?;
+    s.store
+        .register_gateway(node.gateway_id, &registration)
+        .await?;
+    tracing::info!(
+        gateway = node.gateway_id,
+        pop = %node.pop,
+        arch = %registration.arch,
+        version = %registration.gannet_version,
+        boot_id = %registration.boot_id,
+        "gateway registered"
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

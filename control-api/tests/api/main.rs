@@ -4,6 +4,7 @@ mod bounds;
 mod domains;
 mod feed;
 mod flows;
+mod gateways;
 mod hostile;
 mod managed;
 mod openapi;

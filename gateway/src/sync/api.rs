@@ -1,5 +1,5 @@
-//! The gateway's client of the control API: state polls, component
-//! downloads and ACKs, over one keep-alive HTTP client (HTTPS, or plain
+//! The gateway's client of the control API: its registration, state
+//! polls, component downloads and ACKs, over one keep-alive HTTP client (HTTPS, or plain
 //! HTTP to loopback: see [`super::trust`]), each with a timeout and every
 //! body read with a size bound.
 
@@ -8,7 +8,7 @@ use super::trust::{self, TrustError};
 use crate::config::ControlPlane;
 use bytes::Bytes;
 use gannet_model::Sha256Digest;
-use gannet_model::snapshot::{GatewayAck, StateUpdate};
+use gannet_model::snapshot::{GatewayAck, GatewayRegistration, StateUpdate};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -153,6 +153,30 @@ impl Api {
             )));
         }
         Ok(resp.into_body())
+    }
+
+    /// Registers the gateway: what it runs and where it listens.
+    pub(super) async fn register(
+        &self,
+        registration: &GatewayRegistration,
+    ) -> Result<(), SyncError> {
+        let body = serde_json::to_vec(registration).map_err(|e| SyncError::Api(e.to_string()))?;
+        let path = format!("/v1/pops/{}/register", self.cp.pop);
+        let (status, body) = self
+            .call(
+                self.request(http::Method::POST, &path, body.into())?,
+                Duration::from_secs(10),
+                MAX_ACK_ANSWER,
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(SyncError::Api(format!(
+                "register: {status}: {}",
+                String::from_utf8_lossy(&body)
+            )))
+        }
     }
 
     /// Reports an ACK or NACK with the gateway's figures.

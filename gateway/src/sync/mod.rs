@@ -43,7 +43,7 @@ use crate::tls::HostCertError;
 use crate::{Gateway, GatewayError, cache::PrepareError};
 use api::Api;
 use gannet_model::snapshot::{
-    AppReport, DeployedApp, FailedApp, GatewayAck, PlatformTls, StateUpdate,
+    AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration, PlatformTls, StateUpdate,
 };
 use gannet_model::{AppId, Sha256Digest};
 use gannet_runtime::RuntimeError;
@@ -495,8 +495,64 @@ fn next_state(current: &Applied, update: StateUpdate) -> Applied {
     }
 }
 
-/// Follows the control API until `shutdown` fires.
-pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: CancellationToken) {
+/// This gateway's engine compatibility hash, for its registration.
+///
+/// Not a value wasmtime prints itself: the first 16 bytes (hex) of a
+/// SHA-256 fed, through `std::hash::Hash`, with wasmtime's
+/// `Engine::precompile_compatibility_hash` (the compilation target, the
+/// compiler's flags, tunables and features, and wasmtime's version: what a
+/// precompiled artifact depends on). Two gateways with the same value on
+/// the same build can run each other's precompiled components.
+pub fn engine_compat(engine: &wasmtime::Engine) -> String {
+    use sha2::{Digest, Sha256};
+    use std::hash::Hash;
+    struct Sha(Sha256);
+    impl std::hash::Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            // Never read: the digest is taken whole below.
+            0
+        }
+    }
+    let mut h = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.0.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// This process's boot id: 16 random hex characters, made once.
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// What this gateway tells the control API when it starts: its
+/// architecture, engine compatibility hash, version, the addresses its
+/// public listeners are bound to (`listen`), and its boot id.
+fn registration_of(gateway: &Gateway, listen: Vec<String>) -> GatewayRegistration {
+    GatewayRegistration {
+        arch: std::env::consts::ARCH.to_string(),
+        engine_compat: engine_compat(gateway.state().runtime.engine()),
+        gannet_version: env!("CARGO_PKG_VERSION").to_string(),
+        listen,
+        boot_id: boot_id().to_string(),
+    }
+}
+
+/// Follows the control API until `shutdown` fires. It first registers
+/// (with `listen`, the addresses the public listeners are bound to); a
+/// registration that fails is logged and tried again at each poll until
+/// it succeeds, and never stops the gateway from syncing or serving.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    cp: ControlPlane,
+    listen: Vec<String>,
+    shutdown: CancellationToken,
+) {
     let dir = StateDir::new(&cp.state_dir);
     let api = match Api::new(cp) {
         Ok(api) => api,
@@ -518,7 +574,28 @@ pub async fn run(gateway: Arc<Gateway>, cp: ControlPlane, shutdown: Cancellation
     // A revision whose state could not be persisted, and why.
     let mut failed: Option<(i64, String)> = None;
     let mut backoff = Duration::from_millis(100);
+    let registration = registration_of(&gateway, listen);
+    let mut registered = false;
     loop {
+        if !registered {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = api.register(&registration) => r,
+            };
+            match result {
+                Ok(()) => {
+                    registered = true;
+                    tracing::info!(
+                        boot_id = %registration.boot_id,
+                        engine_compat = %registration.engine_compat,
+                        "registered with the control API"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering with the control API failed; trying again at the next poll")
+                }
+            }
+        }
         // While something may succeed on a retry, poll briefly.
         let retrying = failed.is_some() || served.pending.values().any(|p| p.retry);
         let wait = retrying.then_some(backoff);

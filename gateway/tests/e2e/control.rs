@@ -308,9 +308,12 @@ async fn a_gateway_follows_an_https_control_api_with_its_ca_and_keeps_its_state_
         };
         assert_eq!(body(&gw, host).await, (200, "v1, world\n".to_string()));
         assert!(
+            // (The registration's failure may say so before the first
+            // poll's does.)
             eventually(Duration::from_secs(30), || async {
-                gw.log_text()
-                    .contains("control API certificate not trusted")
+                let logs = gw.log_text();
+                logs.contains("control API certificate not trusted")
+                    && logs.contains("keeping the current state")
             })
             .await,
             "{}",
@@ -402,4 +405,48 @@ fn plain_http_to_a_remote_control_api_and_unusable_ca_files_are_refused_at_start
         );
         assert!(!gw.log_text().contains("refusing"), "{}", gw.log_text());
     }
+}
+
+// ---------------------------------------------------------------------------
+// Registration: a gateway says what it runs and where it listens when it
+// starts, and the operator sees it.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_registers_and_the_operator_sees_what_it_runs_and_where_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start().await;
+    let gw = p.gateway(&dir.path().join("state"), &shared_cache());
+    let plain = gw.addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let g = loop {
+        let (status, list) = p
+            .call(OPERATOR_TOKEN, "GET", "/v1/admin/gateways", None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let g = list[0].clone();
+        let listed = g["listen"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|a| a.as_str() == Some(plain.as_str())));
+        if listed && g["lag"] == 0 {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never registered and caught up: {list:#}\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(g["pop"], POP, "{g}");
+    assert_eq!(g["arch"], std::env::consts::ARCH, "{g}");
+    assert_eq!(g["gannet_version"], env!("CARGO_PKG_VERSION"), "{g}");
+    assert_eq!(g["engine_compat"].as_str().map(str::len), Some(32), "{g}");
+    assert_eq!(g["boot_id"].as_str().map(str::len), Some(16), "{g}");
+    assert!(g["registered_ms"].as_i64().is_some(), "{g}");
+    assert_eq!(g["silent"], false, "{g}");
+    assert!(
+        gw.log_text().contains("registered with the control API"),
+        "{}",
+        gw.log_text()
+    );
 }
