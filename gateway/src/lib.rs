@@ -420,7 +420,13 @@ impl Gateway {
     }
 
     fn build_app(&self, spec: &AppSpec, digest: Sha256Digest, previous: Option<&Arc<App>>) -> App {
-        let version = digest.short();
+        // Versions from the control API are known by their number (a new
+        // version that changes only env or limits is told apart); a routes
+        // file's apps by their component's digest.
+        let version = match &spec.report {
+            Some((_, number)) => number.to_string(),
+            None => digest.short(),
+        };
         let limits = spec.limits.resolve(&self.config.defaults);
         // Keep the concurrency permits and the log sink of an unchanged app,
         // so requests running across a reload still count against its limit.

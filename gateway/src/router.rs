@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 pub struct App {
     /// The app's id.
     pub id: AppId,
-    /// Version label: the component digest's first 12 hex digits.
+    /// Version label: the version number for apps from the control API,
+    /// the component digest's first 12 hex digits for a routes file's.
     pub version: String,
     /// The component's digest (the cache key).
     pub digest: Sha256Digest,
