@@ -282,6 +282,16 @@ pub const SILENT_AFTER_MS: i64 = 90_000;
 /// issued; see [`crate::ownership`]).
 const SERVES_TRAFFIC: &str = "h.verified_ms IS NOT NULL";
 
+/// Whether this process has not yet reported `hostname`'s unopenable key
+/// (each is logged as an error once, not at every poll).
+fn first_report(hostname: &str) -> bool {
+    static REPORTED: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+    let mut reported = REPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    reported
+        .get_or_insert_with(Default::default)
+        .insert(hostname.to_string())
+}
+
 /// A store result.
 pub type DbResult<T> = Result<T, sqlx::Error>;
 
@@ -440,6 +450,10 @@ impl Store {
             let sealed: Vec<u8> = r.try_get("key_sealed")?;
             let key_pem = match self.open_certificate_key(&hostname, &sealed) {
                 Ok(key_pem) => key_pem,
+                Err(e) if !first_report(&hostname) => {
+                    tracing::debug!(%hostname, error = %e, "certificate key still does not open; left out");
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(
                         %hostname,

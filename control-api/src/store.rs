@@ -736,7 +736,15 @@ impl Store {
         let added = match existing {
             None => {
                 // Every hostname (and its certificate) goes to every
-                // gateway: a tenant's count is bounded.
+                // gateway: a tenant's count is bounded, under the tenant's
+                // row lock (two adds at once cannot both take the last
+                // place).
+                let tenant_id: i64 = sqlx::query("SELECT tenant_id FROM apps WHERE id = $1")
+                    .bind(app_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("tenant_id")?;
+                lock_tenant(&mut tx, tenant_id).await?;
                 let held: i64 = sqlx::query(
                     "SELECT COUNT(*) AS n FROM hostnames h JOIN apps a ON a.id = h.app_id \
                      WHERE h.kind = 'custom' AND a.tenant_id = (SELECT tenant_id FROM apps WHERE id = $1)",
@@ -946,6 +954,13 @@ impl Store {
                         None
                     } else {
                         r.try_get("next_check_ms")?
+                    },
+                    expires_ms: if verified {
+                        None
+                    } else {
+                        Some(r.try_get::<i64, _>("created_ms")?.saturating_add(
+                            crate::ownership::store::UNPROVED_CLAIM_LIFETIME.as_millis() as i64,
+                        ))
                     },
                     token,
                 });

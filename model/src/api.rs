@@ -332,6 +332,10 @@ pub struct Ownership {
     /// verify` checks at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_check_ms: Option<i64>,
+    /// Unproved by then (ms), the claim is released: another tenant may
+    /// take the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
 }
 
 /// Where a managed certificate stands.

@@ -50,7 +50,55 @@ fn unverified_from(r: &sqlx::any::AnyRow) -> Result<Unverified, sqlx::Error> {
 const UNVERIFIED_COLUMNS: &str =
     "hostname, app_id, verification_token, token_revision, check_failures";
 
+/// How long a custom hostname may wait for its owner's proof: past it, the
+/// claim is released (another tenant may take the name).
+pub const UNPROVED_CLAIM_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl Store {
+    /// Releases the custom hostnames added before `created_before` (ms)
+    /// whose control was never proved (managed ones never issued
+    /// included), each with its certificate and managed state, in one
+    /// transaction with its feed row. Returns (app id, hostname) of each.
+    pub async fn release_unproved(
+        &self,
+        created_before: i64,
+    ) -> Result<Vec<(i64, String)>, WriteError> {
+        let stale = sqlx::query(
+            "SELECT app_id, hostname FROM hostnames WHERE kind = 'custom' AND verified_ms IS NULL AND created_ms < $1 \
+             ORDER BY hostname LIMIT 100",
+        )
+        .bind(created_before)
+        .fetch_all(self.pool())
+        .await?;
+        let mut released = Vec::new();
+        for row in stale {
+            let app_id: i64 = row.try_get("app_id")?;
+            let hostname: String = row.try_get("hostname")?;
+            let mut tx = self.pool().begin().await?;
+            let done = sqlx::query(
+                "DELETE FROM hostnames WHERE hostname = $1 AND verified_ms IS NULL AND created_ms < $2",
+            )
+            .bind(&hostname)
+            .bind(created_before)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                continue; // proved or removed meanwhile
+            }
+            for table in ["certificates", "managed_domains"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE hostname = $1"))
+                    .bind(&hostname)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            self.append_change(&mut tx, app_id).await?;
+            tx.commit().await?;
+            released.push((app_id, hostname));
+        }
+        Ok(released)
+    }
+
     /// Hostnames due for a check at `now`, oldest first, at most `limit`.
     pub async fn due_unverified(
         &self,

@@ -129,6 +129,22 @@ pub fn spawn(state: AppState, shutdown: CancellationToken) {
 
 async fn run_due(state: &AppState, checker: &Arc<Checker>, config: &OwnershipConfig) {
     let now = now_ms();
+    // Claims never proved are released: no tenant holds a name it does not
+    // control for longer than this.
+    let lifetime = super::store::UNPROVED_CLAIM_LIFETIME.as_millis() as i64;
+    match state.store.release_unproved(now - lifetime).await {
+        Ok(released) => {
+            for (_, hostname) in &released {
+                tracing::info!(%hostname, "hostname released: its control was never proved");
+            }
+            if let Ok(head) = state.store.revision().await
+                && !released.is_empty()
+            {
+                state.notifier.bump(head, Scope::Everywhere);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "releasing unproved hostnames failed"),
+    }
     let due = match state.store.due_unverified(now, BATCH).await {
         Ok(due) => due,
         Err(e) => {

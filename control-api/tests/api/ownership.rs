@@ -5,6 +5,7 @@
 //! found; legacy hostnames listed for operators, who may vouch.
 
 use crate::{Caller, assert_problem, example};
+use gannet_control_api::ownership::store::UNPROVED_CLAIM_LIFETIME;
 use gannet_control_api::testing::{TestApi, TestDb, backends};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -337,5 +338,51 @@ async fn a_custom_hostname_serves_only_once_its_owner_proves_control_by_dns_or_h
             .post("/v1/admin/domains/nobody.test/verify", json!({}))
             .await;
         assert_problem(&r, 404, "not-found", "no tenant has");
+
+        // A claim never proved is released after its lifetime (the listing
+        // says when); proved ones stay, and another tenant may then take
+        // the name.
+        let r = a
+            .post("/v1/apps/shop/domains", json!({"hostname": "stale.test"}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let stale = listed(&a, "stale.test").await;
+        let lifetime = UNPROVED_CLAIM_LIFETIME.as_millis() as i64;
+        assert!(
+            stale["ownership"]["expires_ms"].as_i64().unwrap()
+                >= gannet_control_api::store::now_ms() + lifetime - 60_000,
+            "{stale}"
+        );
+        sqlx::query("UPDATE hostnames SET created_ms = created_ms - $1 WHERE hostname IN ('stale.test', 'shop.test')")
+            .bind(lifetime + 1000)
+            .execute(api.state.store.pool())
+            .await
+            .unwrap();
+        let released = api
+            .state
+            .store
+            .release_unproved(gannet_control_api::store::now_ms() - lifetime)
+            .await
+            .unwrap();
+        assert_eq!(
+            released.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>(),
+            ["stale.test"],
+            "{backend:?}"
+        );
+        let hosts: Vec<String> = a
+            .get("/v1/domains")
+            .await
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["hostname"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!hosts.contains(&"stale.test".to_string()), "{hosts:?}");
+        assert!(hosts.contains(&"shop.test".to_string()), "{hosts:?}");
+        let r = b
+            .post("/v1/apps/web/domains", json!({"hostname": "stale.test"}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
     }
 }
