@@ -784,24 +784,7 @@ impl Store {
             }
         };
         if let Some((c, key_sealed)) = sealed {
-            let info = c.info();
-            sqlx::query(
-                "INSERT INTO certificates (hostname, kind, cert_pem, key_sealed, issuer, names_json, not_before, not_after, updated_ms) \
-                 VALUES ($1, 'custom', $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (hostname) DO UPDATE SET kind = excluded.kind, cert_pem = excluded.cert_pem, \
-                 key_sealed = excluded.key_sealed, issuer = excluded.issuer, names_json = excluded.names_json, \
-                 not_before = excluded.not_before, not_after = excluded.not_after, updated_ms = excluded.updated_ms",
-            )
-            .bind(hostname)
-            .bind(c.cert_pem())
-            .bind(key_sealed)
-            .bind(info.issuer.as_str())
-            .bind(to_json(&info.names))
-            .bind(info.not_before)
-            .bind(info.not_after)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            upsert_certificate(&mut tx, hostname, "custom", c, key_sealed, now).await?;
             // The tenant's own certificate replaces a managed one: the
             // platform stops obtaining it.
             sqlx::query("DELETE FROM managed_domains WHERE hostname = $1")
@@ -1331,6 +1314,38 @@ impl Store {
 /// portable, and on SQLite the transaction is the only writer anyway) and
 /// reads it: quota checks made after this see every committed change and
 /// no concurrent one.
+/// Stores `certificate` for `hostname` as `kind` (`custom`, `managed`),
+/// its key already sealed, replacing the one it had.
+pub(crate) async fn upsert_certificate(
+    conn: &mut AnyConnection,
+    hostname: &str,
+    kind: &str,
+    certificate: &CheckedCertificate,
+    key_sealed: Vec<u8>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let info = certificate.info();
+    sqlx::query(
+        "INSERT INTO certificates (hostname, kind, cert_pem, key_sealed, issuer, names_json, not_before, not_after, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (hostname) DO UPDATE SET kind = excluded.kind, cert_pem = excluded.cert_pem, \
+         key_sealed = excluded.key_sealed, issuer = excluded.issuer, names_json = excluded.names_json, \
+         not_before = excluded.not_before, not_after = excluded.not_after, updated_ms = excluded.updated_ms",
+    )
+    .bind(hostname)
+    .bind(kind)
+    .bind(certificate.cert_pem())
+    .bind(key_sealed)
+    .bind(info.issuer.as_str())
+    .bind(to_json(&info.names))
+    .bind(info.not_before)
+    .bind(info.not_after)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn lock_tenant(conn: &mut AnyConnection, tenant_id: i64) -> Result<Tenant, sqlx::Error> {
     sqlx::query("UPDATE tenants SET max_apps = max_apps WHERE id = $1")
         .bind(tenant_id)

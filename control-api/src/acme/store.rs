@@ -190,23 +190,14 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
-        let info = certificate.info();
-        sqlx::query(
-            "INSERT INTO certificates (hostname, kind, cert_pem, key_sealed, issuer, names_json, not_before, not_after, updated_ms) \
-             VALUES ($1, 'managed', $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (hostname) DO UPDATE SET kind = excluded.kind, cert_pem = excluded.cert_pem, \
-             key_sealed = excluded.key_sealed, issuer = excluded.issuer, names_json = excluded.names_json, \
-             not_before = excluded.not_before, not_after = excluded.not_after, updated_ms = excluded.updated_ms",
+        crate::store::upsert_certificate(
+            &mut tx,
+            hostname,
+            "managed",
+            certificate,
+            key_sealed,
+            now,
         )
-        .bind(hostname)
-        .bind(certificate.cert_pem())
-        .bind(key_sealed)
-        .bind(info.issuer.as_str())
-        .bind(serde_json::to_string(&info.names).unwrap_or_else(|_| "[]".into()))
-        .bind(info.not_before)
-        .bind(info.not_after)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         // The CA's validation proved control of the hostname: it serves.
         sqlx::query(

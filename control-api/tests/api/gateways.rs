@@ -80,7 +80,7 @@ async fn a_registered_gateway_is_listed_with_what_it_runs_its_lag_and_whether_it
         let r = fra
             .post(
                 "/v1/pops/fra1/register",
-                registration("x86_64", &["127.0.0.1:8080", "[::1]:8443"]),
+                registration("x86_64", &["127.0.0.1:18480", "[::1]:18443"]),
             )
             .await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{backend:?}: {}", r.json);
@@ -89,7 +89,11 @@ async fn a_registered_gateway_is_listed_with_what_it_runs_its_lag_and_whether_it
         assert_eq!(g["arch"], "x86_64", "{backend:?}: {g}");
         assert_eq!(g["engine_compat"], ENGINE, "{g}");
         assert_eq!(g["gannet_version"], "0.1.0", "{g}");
-        assert_eq!(g["listen"], json!(["127.0.0.1:8080", "[::1]:8443"]), "{g}");
+        assert_eq!(
+            g["listen"],
+            json!(["127.0.0.1:18480", "[::1]:18443"]),
+            "{g}"
+        );
         assert_eq!(g["boot_id"], BOOT, "{g}");
         assert!(g["registered_ms"].as_i64().is_some_and(|t| t > 0), "{g}");
         assert!(g["last_seen_ms"].as_i64().is_some(), "{g}");
@@ -99,13 +103,13 @@ async fn a_registered_gateway_is_listed_with_what_it_runs_its_lag_and_whether_it
         unregistered(&listed(&op, ams_id).await);
 
         // A restart registers again: the new boot id replaces the old one.
-        let mut again = registration("x86_64", &["127.0.0.1:8080"]);
+        let mut again = registration("x86_64", &["127.0.0.1:18480"]);
         again["boot_id"] = json!("fedcba9876543210");
         let r = fra.post("/v1/pops/fra1/register", again).await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
         let g = listed(&op, fra_id).await;
         assert_eq!(g["boot_id"], "fedcba9876543210", "{g}");
-        assert_eq!(g["listen"], json!(["127.0.0.1:8080"]), "{g}");
+        assert_eq!(g["listen"], json!(["127.0.0.1:18480"]), "{g}");
 
         // A change for every PoP: both gateways are one revision behind.
         let t = op.create_tenant("acme", json!({})).await;
@@ -174,11 +178,11 @@ async fn a_bad_registration_is_refused_saying_which_field_and_nothing_is_stored(
         let mut long_boot = registration("x86_64", &[]);
         long_boot["boot_id"] = json!(long.as_str());
         let cases = [
-            (registration(&long, &["127.0.0.1:8080"]), "`arch`"),
+            (registration(&long, &["127.0.0.1:18480"]), "`arch`"),
             (registration("x86_64\n", &[]), "`arch`"),
             (long_boot, "`boot_id`"),
             (
-                registration("x86_64", &["127.0.0.1:8080", "not-an-address"]),
+                registration("x86_64", &["127.0.0.1:18480", "not-an-address"]),
                 "`listen[1]`",
             ),
             (registration("x86_64", &["localhost:8080"]), "`listen[0]`"),
