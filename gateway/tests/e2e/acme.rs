@@ -19,15 +19,13 @@ use gannet_control_api::testing::OPERATOR_TOKEN;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// Tenant acme's managed hostname, for its app `shop`.
 const SHOP: &str = "shop.test";
@@ -149,15 +147,7 @@ async fn fetch(
     config: &Arc<ClientConfig>,
     sni: &str,
 ) -> Result<(Vec<u8>, Reply), String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from(sni.to_string()).map_err(|e| format!("{sni}: {e}"))?;
-    let handshake = TlsConnector::from(config.clone()).connect(name, tcp);
-    let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
-        .await
-        .map_err(|_| format!("{sni}: no TLS handshake within 10 s"))?
-        .map_err(|e| format!("{sni}: TLS handshake: {e}"))?;
+    let tls = certs::tls_connect(addr, config, sni).await?;
     let leaf = tls
         .get_ref()
         .1

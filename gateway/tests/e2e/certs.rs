@@ -256,3 +256,21 @@ impl ServerCertVerifier for AcceptAnything {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A new TCP connection to `addr` and a TLS handshake sending `sni` with
+/// `config`, within 10 s; the error says which step failed.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    config: &Arc<ClientConfig>,
+    sni: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| format!("{sni}: {e}"))?;
+    let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
+    tokio::time::timeout(std::time::Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| format!("{sni}: no TLS handshake within 10 s"))?
+        .map_err(|e| format!("{sni}: TLS handshake: {e}"))
+}

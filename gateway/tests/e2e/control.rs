@@ -355,8 +355,8 @@ fn plain_http_to_a_remote_control_api_and_unusable_ca_files_are_refused_at_start
         ("http://api.example.com", vec![], "use https://"),
         ("http://0.0.0.0:7070", vec![], "refusing control API URL"),
         ("http://localhost.example.com:7070", vec![], "refusing"),
-        ("ftp://127.0.0.1:7070", vec![], "control API URL"),
-        ("127.0.0.1:7070", vec![], "control API URL"),
+        ("ftp://127.0.0.1:1", vec![], "control API URL"),
+        ("127.0.0.1:1", vec![], "control API URL"),
         (
             "https://127.0.0.1:7443",
             vec!["--control-api-ca".into(), garbage.display().to_string()],

@@ -12,7 +12,6 @@ use gannet_control_api::testing::OPERATOR_TOKEN;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -20,8 +19,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// Tenant `acme`'s custom domain, for its app `shop`.
 const SHOP: &str = "shop.example.com";
@@ -41,15 +38,7 @@ struct Conn {
 impl Conn {
     /// Connects to `addr` and completes a handshake sending `sni`.
     async fn open(addr: SocketAddr, config: &Arc<ClientConfig>, sni: &str) -> Result<Conn, String> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from(sni.to_string()).map_err(|e| format!("{sni}: {e}"))?;
-        let handshake = TlsConnector::from(config.clone()).connect(name, tcp);
-        let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
-            .await
-            .map_err(|_| format!("{sni}: no TLS handshake within 10 s"))?
-            .map_err(|e| format!("{sni}: TLS handshake: {e}"))?;
+        let tls = certs::tls_connect(addr, config, sni).await?;
         let leaf = tls
             .get_ref()
             .1

@@ -14,7 +14,7 @@ use gannet_control_api::testing::{OPERATOR_TOKEN, TestCa, TestCert};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -23,8 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// Tenant `acme`'s app `shop`, under the platform domain (`localhost`).
 const SHOP: &str = "shop-acme.localhost";
@@ -57,15 +55,7 @@ struct Seen {
 /// over HTTP/1.1, read whole (so a TLS 1.3 ticket sent after the handshake
 /// has reached the client's session store when this returns).
 async fn fetch(addr: SocketAddr, config: &Arc<ClientConfig>, sni: &str) -> Result<Seen, String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from(sni.to_string()).map_err(|e| format!("{sni}: {e}"))?;
-    let handshake = TlsConnector::from(config.clone()).connect(name, tcp);
-    let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
-        .await
-        .map_err(|_| format!("{sni}: no TLS handshake within 10 s"))?
-        .map_err(|e| format!("{sni}: TLS handshake: {e}"))?;
+    let tls = certs::tls_connect(addr, config, sni).await?;
     let (leaf, kind, version) = {
         let conn = tls.get_ref().1;
         let leaf = conn
