@@ -39,6 +39,7 @@ use crate::drive::{Shared, drive};
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -70,7 +71,36 @@ pub async fn serve<S, B>(
     B::Data: Send + 'static,
     B::Error: Into<BoxError>,
 {
-    run(listener, None, service, limits, stats, shutdown).await;
+    run(
+        listener,
+        None,
+        move |_| service.clone(),
+        limits,
+        stats,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`], with a service made per connection from the client's
+/// address (`make(peer)`), for services that need it (a traffic split by
+/// client address).
+pub async fn serve_peers<F, S, B>(
+    listener: TcpListener,
+    make: F,
+    limits: ServerLimits,
+    stats: ServerStats,
+    shutdown: CancellationToken,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    run(listener, None, make, limits, stats, shutdown).await;
 }
 
 /// [`serve`] over TLS: every connection first completes a TLS handshake
@@ -93,18 +123,49 @@ pub async fn serve_tls<S, B>(
     B::Error: Into<BoxError>,
 {
     let handshaker = Arc::new(tls::Handshaker::new(tls));
-    run(listener, Some(handshaker), service, limits, stats, shutdown).await;
+    run(
+        listener,
+        Some(handshaker),
+        move |_| service.clone(),
+        limits,
+        stats,
+        shutdown,
+    )
+    .await;
 }
 
-async fn run<S, B>(
+/// [`serve_tls`], with a service made per connection from the client's
+/// address, as [`serve_peers`].
+pub async fn serve_tls_peers<F, S, B>(
     listener: TcpListener,
-    tls: Option<Arc<tls::Handshaker>>,
-    service: S,
+    tls: TlsSettings,
+    make: F,
     limits: ServerLimits,
     stats: ServerStats,
     shutdown: CancellationToken,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    F: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let handshaker = Arc::new(tls::Handshaker::new(tls));
+    run(listener, Some(handshaker), make, limits, stats, shutdown).await;
+}
+
+async fn run<F, S, B>(
+    listener: TcpListener,
+    tls: Option<Arc<tls::Handshaker>>,
+    make: F,
+    limits: ServerLimits,
+    stats: ServerStats,
+    shutdown: CancellationToken,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -119,12 +180,12 @@ async fn run<S, B>(
     let epoch = Instant::now();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok(accepted) => {
                     backoff = Duration::from_millis(5);
-                    stream
+                    accepted
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, don't exit.
@@ -158,7 +219,7 @@ async fn run<S, B>(
             shared.clone(),
             tls.clone(),
             stream,
-            service.clone(),
+            make(peer),
             conn,
             registration,
         ));
