@@ -1,6 +1,6 @@
 //! Command-line types only (clap). Resolved into settings in `settings.rs`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Gannet: deploy WebAssembly apps to the edge.
@@ -45,7 +45,7 @@ pub enum Command {
     },
     /// Show who the current token belongs to, its quotas and usage.
     Whoami,
-    /// Create and list apps.
+    /// Create and list apps, choose where they are served.
     #[command(subcommand)]
     Apps(AppsCommand),
     /// Upload a component and make it a new version of an app.
@@ -56,7 +56,8 @@ pub enum Command {
         #[arg(long)]
         app: String,
     },
-    /// Make an earlier version live again.
+    /// Make an earlier version live again, at once everywhere (ends a
+    /// live rollout).
     Rollback {
         /// The app.
         #[arg(long)]
@@ -65,6 +66,9 @@ pub enum Command {
         #[arg(long)]
         to: Option<u32>,
     },
+    /// Follow and steer an app's progressive (canary) rollout.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Attach hostnames to an app.
     #[command(subcommand)]
     Domains(DomainsCommand),
@@ -92,6 +96,15 @@ pub enum AppsCommand {
     Create {
         /// Its name (a-z, 0-9, '-').
         name: String,
+        /// Serve it only at the PoPs whose labels match this selector, e.g.
+        /// `region=eu,tier!=canary`, `gpu`, `!gpu`
+        /// (default: every PoP).
+        #[arg(long, value_name = "SELECTOR")]
+        place: Option<String>,
+        /// What keeps a user on one version during a rollout: `client` (the
+        /// client's address, the default), `header:NAME` or `cookie:NAME`.
+        #[arg(long, value_name = "client|header:NAME|cookie:NAME")]
+        affinity: Option<String>,
     },
     /// List your apps.
     List,
@@ -100,6 +113,72 @@ pub enum AppsCommand {
         /// The app.
         name: String,
     },
+    /// Choose the PoPs an app is served at (refused while a rollout is
+    /// live).
+    Place {
+        /// The app.
+        app: String,
+        /// A selector over PoP labels, e.g. `region=eu`; `""` for every PoP.
+        selector: String,
+    },
+    /// Choose what keeps a user on one version during a rollout.
+    Affinity {
+        /// The app.
+        app: String,
+        /// `client` (the client's address), `header:NAME` or `cookie:NAME`.
+        #[arg(value_name = "client|header:NAME|cookie:NAME")]
+        value: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Show the app's newest rollout: phase, steps, PoPs, canary and stable
+    /// figures, transitions.
+    Status {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// Redraw every second until the rollout ends (exit 1 if it was
+        /// aborted); with --json, one JSON line per change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Move the rollout to its next step now, without its gates (or finish
+    /// it from the last step).
+    Promote {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Hold the rollout at its step (the canary keeps its weights).
+    Pause {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Restart a paused rollout's step.
+    Resume {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Roll the canary back: it serves nowhere.
+    Abort {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+}
+
+/// How a deploy reaches the PoPs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every PoP serves the new version at once.
+    Immediate,
+    /// The new version is a canary, given more traffic step by step while
+    /// its health gates pass, and rolled back when one fails.
+    Canary,
 }
 
 #[derive(Args, Debug)]
@@ -130,9 +209,27 @@ pub struct DeployArgs {
     /// Upload without making it the live version.
     #[arg(long)]
     pub no_activate: bool,
-    /// Seconds to wait for every gateway to serve it (0: do not wait).
-    #[arg(long, default_value_t = 60)]
-    pub wait_secs: u64,
+    /// How it reaches the PoPs: at once, or as a canary rolled out in steps.
+    #[arg(long, value_enum, default_value = "immediate")]
+    pub strategy: Strategy,
+    /// The canary's steps, `;`-separated, each `[pops=SELECTOR] N%`, the
+    /// last `100%`, e.g. "pops=tier=canary 100%; 10%; 50%; 100%" (default:
+    /// the platform's, 10%; 50%; 100%). With --strategy canary.
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// How long each step bakes before it may advance: `60s`, `2m`, or
+    /// seconds. With --strategy canary.
+    #[arg(long)]
+    pub bake: Option<String>,
+    /// With --strategy canary: wait until the rollout ends, printing its
+    /// transitions; fail unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait (0: do not wait): for every gateway to serve an
+    /// immediate deploy (default 60); for a canary's rollout to start
+    /// (default 60), or with --wait to end (default 1800).
+    #[arg(long)]
+    pub wait_secs: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -5,22 +5,24 @@
 
 use crate::args::{
     AdminCommand, AdminDomainsCommand, AppsCommand, CertsCommand, Cli, Command, DeployArgs,
-    DomainsCommand, GatewaysCommand, PopsCommand, TenantsCommand, TokensCommand,
+    DomainsCommand, GatewaysCommand, PopsCommand, Strategy, TenantsCommand, TokensCommand,
 };
 use crate::client::Client;
+use crate::rollout;
 use crate::settings;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use gannet_model::ByteSize;
 use gannet_model::api::{
     AddDomain, App, AuditEntry, CertificateSummary, CertificateUpload, CreateApp, CreateTenant,
-    Domain, QuotaPatch, Rollback, Tenant, TenantCreated, TokenCreated, TokenInfo, Version, WhoAmI,
+    Domain, QuotaPatch, Rollback, SetAffinity, SetPlacement, Tenant, TenantCreated, TokenCreated,
+    TokenInfo, Version, WhoAmI,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde::Serialize;
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -118,7 +120,7 @@ fn expiry(not_after: i64, now: i64) -> String {
 
 /// The UTC calendar date of unix time `secs` (Howard Hinnant's
 /// days-to-civil algorithm).
-fn civil_date(secs: i64) -> String {
+pub(crate) fn civil_date(secs: i64) -> String {
     let z = secs.div_euclid(86_400) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -255,6 +257,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Apps(cmd) => apps(&client, cmd, json).await?,
+        Command::Rollout(cmd) => rollout::command(&client, cmd, json).await?,
         Command::Deploy(args) => deploy(&client, args, json).await?,
         Command::Versions { app } => {
             let versions: Vec<Version> = client.get(&format!("/v1/apps/{app}/versions")).await?;
@@ -284,7 +287,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return print_json(&a);
             }
             println!(
-                "{} is now at version {}",
+                "{} is now at version {}: an immediate rollback, at every PoP at once \
+                 (no canary steps; any live rollout was ended)",
                 a.name,
                 a.active_version.unwrap_or(0)
             );
@@ -464,22 +468,57 @@ async fn login(
 
 async fn apps(client: &Client, cmd: AppsCommand, json: bool) -> Result<()> {
     match cmd {
-        AppsCommand::Create { name } => {
-            let a: App = client.post("/v1/apps", &CreateApp { name }).await?;
+        AppsCommand::Create {
+            name,
+            place,
+            affinity,
+        } => {
+            let create = CreateApp {
+                name,
+                placement: place,
+                affinity,
+            };
+            let a: App = client.post("/v1/apps", &create).await?;
             if json {
                 return print_json(&a);
             }
             println!("created {} at {}", a.name, a.hostnames.join(", "));
+            println!("{}", rollout::placement_line(&a));
+            if create.affinity.is_some() {
+                println!("affinity: {}", rollout::affinity_line(&a.affinity));
+            }
         }
         AppsCommand::List => {
             let list: Vec<App> = client.get("/v1/apps").await?;
             if json {
                 return print_json(&list);
             }
-            println!("{:<24} {:<8} {}", "APP", "VERSION", "HOSTNAMES");
+            println!(
+                "{:<24} {:<8} {:<8} {:<20} {:<24} {}",
+                "APP", "VERSION", "CANARY", "PLACEMENT", "POPS", "HOSTNAMES"
+            );
             for a in list {
                 let v = a.active_version.map_or("-".into(), |n| n.to_string());
-                println!("{:<24} {:<8} {}", a.name, v, a.hostnames.join(", "));
+                let canary = a.canary_version.map_or("-".into(), |n| n.to_string());
+                let placement = if a.placement.is_empty() {
+                    "(every PoP)"
+                } else {
+                    a.placement.as_str()
+                };
+                let pops = if a.pops.is_empty() {
+                    "-".to_string()
+                } else {
+                    a.pops.join(",")
+                };
+                println!(
+                    "{:<24} {:<8} {:<8} {:<20} {:<24} {}",
+                    a.name,
+                    v,
+                    canary,
+                    placement,
+                    pops,
+                    a.hostnames.join(", ")
+                );
             }
         }
         AppsCommand::Show { name } => {
@@ -492,7 +531,43 @@ async fn apps(client: &Client, cmd: AppsCommand, json: bool) -> Result<()> {
                 "version   {}",
                 a.active_version.map_or("none".into(), |n| n.to_string())
             );
+            if let Some(canary) = a.canary_version {
+                println!(
+                    "canary    version {canary}, rolling out (gannet rollout status --app {})",
+                    a.name
+                );
+            }
             println!("hostnames {}", a.hostnames.join(", "));
+            println!("placement {}", rollout::placement_line(&a));
+            println!("affinity  {}", rollout::affinity_line(&a.affinity));
+        }
+        AppsCommand::Place { app, selector } => {
+            let a: App = client
+                .put(
+                    &format!("/v1/apps/{app}/placement"),
+                    &SetPlacement { selector },
+                )
+                .await?;
+            if json {
+                return print_json(&a);
+            }
+            println!("{}: {}", a.name, rollout::placement_line(&a));
+        }
+        AppsCommand::Affinity { app, value } => {
+            let a: App = client
+                .put(
+                    &format!("/v1/apps/{app}/affinity"),
+                    &SetAffinity { affinity: value },
+                )
+                .await?;
+            if json {
+                return print_json(&a);
+            }
+            println!(
+                "{}: affinity {}",
+                a.name,
+                rollout::affinity_line(&a.affinity)
+            );
         }
     }
     Ok(())
@@ -503,6 +578,15 @@ pub async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()>
         .await
         .with_context(|| format!("opening {}", args.file.display()))?;
     let len = file.metadata().await?.len();
+    let canary = args.strategy == Strategy::Canary;
+    anyhow::ensure!(
+        canary || (args.steps.is_none() && args.bake.is_none() && !args.wait),
+        "--steps, --bake and --wait are for a progressive rollout: add --strategy canary"
+    );
+    anyhow::ensure!(
+        !(canary && args.no_activate),
+        "--no-activate uploads without serving the version anywhere: leave out --strategy canary"
+    );
     let mut query: Vec<(String, String)> = Vec::new();
     for e in &args.env {
         anyhow::ensure!(e.contains('='), "--env `{e}` must be KEY=VALUE");
@@ -527,6 +611,16 @@ pub async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()>
     }
     if args.no_activate {
         query.push(("activate".into(), "false".into()));
+    }
+    if canary {
+        query.push(("strategy".into(), "canary".into()));
+    }
+    if let Some(steps) = &args.steps {
+        query.push(("steps".into(), steps.clone()));
+    }
+    if let Some(bake) = &args.bake {
+        let secs = rollout::parse_bake(bake)?;
+        query.push(("bake".into(), format!("{secs}s")));
     }
 
     let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -555,6 +649,11 @@ pub async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()>
     let result = client.send_with_headers::<Version>(req).await;
     bar.finish_and_clear();
     let (version, headers) = result?;
+    // A rollout was started: the version is a canary, not live everywhere.
+    let rollout_id: Option<i64> = headers
+        .get("gannet-rollout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
     if !json {
         println!(
             "deployed {} version {} ({}, sha256:{}){}",
@@ -562,24 +661,37 @@ pub async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<()>
             version.number,
             ByteSize(version.size_bytes),
             version.digest.short(),
-            if version.active {
+            if rollout_id.is_some() {
+                " as a canary"
+            } else if version.active {
                 ""
             } else {
                 " — not activated"
             }
         );
     }
+    if let Some(id) = rollout_id {
+        let follow = rollout::Follow {
+            app: &args.app,
+            id,
+            wait: args.wait,
+            wait_secs: args.wait_secs,
+            json,
+        };
+        return rollout::follow_deploy(client, &follow, &version).await;
+    }
     let revision: i64 = headers
         .get("gannet-revision")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    if version.active && args.wait_secs > 0 {
+    let wait_secs = args.wait_secs.unwrap_or(60);
+    if version.active && wait_secs > 0 {
         wait_live(
             client,
             &args.app,
             revision,
-            std::time::Duration::from_secs(args.wait_secs),
+            std::time::Duration::from_secs(wait_secs),
             json,
         )
         .await?;

@@ -4,7 +4,7 @@
 //! `<state-dir>/dev.json`. With a component, it is deployed as an app named
 //! after the file and redeployed whenever the file changes.
 
-use crate::args::{DeployArgs, DevArgs};
+use crate::args::{DeployArgs, DevArgs, Strategy};
 use crate::client::Client;
 use anyhow::{Context, Result};
 use gannet_control_api::{ApiConfig, AppState};
@@ -154,6 +154,7 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
                 poll_wait: Duration::from_secs(30),
                 max_body: gannet_gateway::config::DEFAULT_MAX_COMPONENT_SIZE,
                 trusted_cas: None,
+                report_interval: gannet_gateway::DEFAULT_REPORT_INTERVAL,
             }),
             cache_dir: state.join("cache"),
             allow_private_outbound: true,
@@ -206,7 +207,11 @@ pub async fn run(args: DevArgs, json: bool) -> Result<()> {
                 max_inflight: None,
                 outbound: Vec::new(),
                 no_activate: false,
-                wait_secs: 30,
+                strategy: Strategy::Immediate,
+                steps: None,
+                bake: None,
+                wait: false,
+                wait_secs: Some(30),
             };
             match crate::commands::deploy(&tenant, deploy(file), json).await {
                 Ok(()) if !json => println!(

@@ -8,6 +8,7 @@ mod args;
 mod client;
 mod commands;
 mod dev;
+mod rollout;
 mod settings;
 
 use args::Cli;

@@ -44,6 +44,9 @@ pub struct ApiConfig {
     pub acme: Option<crate::acme::AcmeConfig>,
     /// How custom hostnames' ownership is checked.
     pub ownership: crate::ownership::worker::OwnershipConfig,
+    /// How rollouts run (the scheduler's leader loop and lease) and the
+    /// policy a canary deploy gets by default.
+    pub rollouts: crate::rollouts::RolloutSettings,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +67,7 @@ impl Default for ApiConfig {
             master_key: None,
             acme: None,
             ownership: crate::ownership::worker::OwnershipConfig::default(),
+            rollouts: crate::rollouts::RolloutSettings::default(),
         }
     }
 }

@@ -13,8 +13,10 @@
 //! - **One global sequence, filtered per PoP**: a feed row is for every PoP
 //!   (`pop_id` NULL) or for one. A PoP's poll reads the rows for it, and a
 //!   change for one PoP does not wake the pollers of another
-//!   ([`Notifier`]). Placement is not implemented yet: today every change is
-//!   for every PoP.
+//!   ([`Notifier`]). Placement is applied when a PoP's state is computed
+//!   ([`Store::deployed_apps`]): a change to an app is fed to every PoP, and
+//!   a PoP the app is not placed at sees it as a removal (a no-op for a
+//!   gateway that never had it).
 //! - The feed keeps the last [`RETAINED_CHANGES`] rows; a poller older than
 //!   that (or newer than the database: a reset) gets a full snapshot.
 //!
@@ -23,12 +25,15 @@
 //! transaction (delivered at commit) and every replica's listener wakes its
 //! own pollers.
 
+use crate::placement::LIVE_ROLLOUT;
 use crate::platform_tls::PLATFORM_CHANGE;
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{
-    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration,
-    HostCertificate, StateUpdate,
+    AcmeChallenge, Affinity, AppReport, CanaryVersion, DeployedApp, FailedApp, GatewayAck,
+    GatewayRegistration, HostCertificate, StateUpdate,
 };
+use gannet_scheduler::placement::PopLabels;
+use gannet_scheduler::selector::Selector;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -353,14 +358,19 @@ impl Store {
         })
     }
 
-    /// Every app with an active version, as gateways serve it; or only those
-    /// with ids in `only`. Seven queries, however many apps.
+    /// Every app with an active version placed at `pop`, as its gateways
+    /// serve it (with its live rollout's canary and this PoP's weight); or
+    /// only those with ids in `only`. Eight queries, however many apps.
     ///
     /// Certificates come with their private keys opened with the master
     /// key: this is for gateways only. A key the master key does not open
     /// (a wrong master key) is logged with its hostname and left out: the
     /// gateways then serve the platform's certificate for that hostname.
-    pub async fn deployed_apps(&self, only: Option<&[i64]>) -> DbResult<Vec<(i64, DeployedApp)>> {
+    pub async fn deployed_apps(
+        &self,
+        only: Option<&[i64]>,
+        pop: &PopLabels,
+    ) -> DbResult<Vec<(i64, DeployedApp)>> {
         let filter = |column: &str| match only {
             Some(ids) => format!(" WHERE {column} IN ({})", placeholders(1, ids.len())),
             None => String::new(),
@@ -370,7 +380,7 @@ impl Store {
         }
         let ids = only.unwrap_or_default();
         let apps_sql = format!(
-            "SELECT a.id AS app_id, a.name AS app, t.name AS tenant, v.number, v.digest, c.size_bytes, \
+            "SELECT a.id AS app_id, a.name AS app, t.name AS tenant, a.placement, a.affinity, v.number, v.digest, c.size_bytes, \
              v.env_json, v.limits_json, v.outbound_json \
              FROM apps a JOIN tenants t ON t.id = a.tenant_id JOIN versions v ON v.id = a.active_version_id \
              JOIN components c ON c.digest = v.digest{} ORDER BY a.id",
@@ -393,6 +403,16 @@ impl Store {
              JOIN hostnames h ON h.hostname = m.hostname WHERE m.challenge_token IS NOT NULL{} ORDER BY h.app_id, m.hostname",
             match only {
                 Some(ids) => format!(" AND h.app_id IN ({})", placeholders(1, ids.len())),
+                None => String::new(),
+            }
+        );
+        // The canary of each live rollout, with its weight per PoP.
+        let canaries_sql = format!(
+            "SELECT r.app_id, r.weights_json, v.number, v.digest, c.size_bytes, v.env_json, v.limits_json, v.outbound_json \
+             FROM rollouts r JOIN versions v ON v.app_id = r.app_id AND v.number = r.canary_version \
+             JOIN components c ON c.digest = v.digest WHERE r.phase IN {LIVE_ROLLOUT}{}",
+            match only {
+                Some(ids) => format!(" AND r.app_id IN ({})", placeholders(1, ids.len())),
                 None => String::new(),
             }
         );
@@ -509,9 +529,39 @@ impl Store {
             d.parse::<gannet_model::Sha256Digest>()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))
         };
+        let mut canaries: HashMap<i64, CanaryVersion> = HashMap::new();
+        for r in bind_ids(sqlx::query(&canaries_sql), ids)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let weights: BTreeMap<String, u8> =
+                serde_json::from_str(&r.try_get::<String, _>("weights_json")?).unwrap_or_default();
+            canaries.insert(
+                r.try_get("app_id")?,
+                CanaryVersion {
+                    version: r.try_get::<i64, _>("number")? as u32,
+                    digest: digest(&r.try_get::<String, _>("digest")?)?,
+                    size_bytes: r.try_get::<i64, _>("size_bytes")? as u64,
+                    env: serde_json::from_str(&r.try_get::<String, _>("env_json")?).map_err(bad)?,
+                    limits: serde_json::from_str(&r.try_get::<String, _>("limits_json")?)
+                        .map_err(bad)?,
+                    outbound: serde_json::from_str(&r.try_get::<String, _>("outbound_json")?)
+                        .map_err(bad)?,
+                    weight: weights.get(&pop.name).copied().unwrap_or(0).min(100),
+                },
+            );
+        }
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let app_id: i64 = r.try_get("app_id")?;
+            // Placed elsewhere: not in this PoP's state (an unreadable
+            // selector places nowhere).
+            let placement: String = r.try_get("placement")?;
+            if !Selector::parse(&placement).is_ok_and(|s| s.matches(&pop.labels)) {
+                continue;
+            }
+            let affinity =
+                Affinity::parse(&r.try_get::<String, _>("affinity")?).unwrap_or_default();
             let active = digest(&r.try_get::<String, _>("digest")?)?;
             let retain = retained
                 .remove(&app_id)
@@ -540,17 +590,22 @@ impl Store {
                     retain,
                     certificates: certificates.remove(&app_id).unwrap_or_default(),
                     challenges: challenges.remove(&app_id).unwrap_or_default(),
+                    canary: canaries.remove(&app_id),
+                    affinity,
                 },
             ));
         }
         Ok(out)
     }
 
-    /// Whether some app serves `digest` (a gateway may download it).
+    /// Whether some app serves `digest`, as its active version or as the
+    /// canary of a live rollout (a gateway may download it).
     pub async fn is_served(&self, digest: &gannet_model::Sha256Digest) -> DbResult<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM apps a JOIN versions v ON v.id = a.active_version_id WHERE v.digest = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT (SELECT COUNT(*) FROM apps a JOIN versions v ON v.id = a.active_version_id WHERE v.digest = $1) \
+             + (SELECT COUNT(*) FROM rollouts r JOIN versions v ON v.app_id = r.app_id AND v.number = r.canary_version \
+                WHERE v.digest = $1 AND r.phase IN {LIVE_ROLLOUT}) AS n"
+        ))
         .bind(digest.to_string())
         .fetch_one(self.pool())
         .await?;
@@ -567,9 +622,10 @@ impl Store {
         }
         // Nothing applied yet (-1), ahead of us (a reset database), or older
         // than the retained feed: the whole state.
+        let pop = self.pop_labels_of(pop_id).await?.unwrap_or_default();
         if since < 0 || since > head.revision || since < head.pruned_through {
             let apps = self
-                .deployed_apps(None)
+                .deployed_apps(None, &pop)
                 .await?
                 .into_iter()
                 .map(|(_, a)| a)
@@ -603,7 +659,7 @@ impl Store {
         } else {
             None
         };
-        let live = self.deployed_apps(Some(&changed)).await?;
+        let live = self.deployed_apps(Some(&changed), &pop).await?;
         let mut removals = Vec::new();
         for id in &changed {
             if !live.iter().any(|(a, _)| a == id) {

@@ -105,6 +105,15 @@ pub enum ApiError {
     /// check found.
     #[error("control of the hostname is not proved yet: {0}")]
     NotProved(String),
+    /// An app's placement selector matches no PoP.
+    #[error("{0}")]
+    NoPopMatches(String),
+    /// The change would move an app's live rollout (its placement, say).
+    #[error("{0}")]
+    RolloutInProgress(String),
+    /// A rollout action was asked of a rollout that has ended.
+    #[error("{0}")]
+    RolloutNotLive(String),
     /// Anything else.
     #[error("internal error")]
     Internal(String),
@@ -183,6 +192,19 @@ impl ApiError {
                 "managed-certificates-unavailable",
                 "Managed certificates unavailable",
             ),
+            ApiError::NoPopMatches(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no-pop-matches",
+                "No PoP matches",
+            ),
+            ApiError::RolloutInProgress(_) => (
+                StatusCode::CONFLICT,
+                "rollout-in-progress",
+                "Rollout in progress",
+            ),
+            ApiError::RolloutNotLive(_) => {
+                (StatusCode::CONFLICT, "rollout-not-live", "Rollout not live")
+            }
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -231,6 +253,7 @@ impl From<crate::store::WriteError> for ApiError {
         match e {
             WriteError::Quota(m) => ApiError::Quota(m),
             WriteError::HostnameTaken(m) => ApiError::Conflict(m),
+            WriteError::RolloutInProgress(m) => ApiError::RolloutInProgress(m),
             WriteError::NoMasterKey => ApiError::NoMasterKey,
             WriteError::Db(e) => e.into(),
             e => ApiError::Internal(e.to_string()),

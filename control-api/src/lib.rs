@@ -15,6 +15,8 @@
 //! - [`acme`]: managed certificates (the ACME worker and its rows);
 //! - [`platform_tls`]: the platform certificate and PoPs' ticket keys;
 //! - [`ownership`]: proofs that a tenant controls a custom hostname;
+//! - [`rollouts`]: progressive rollouts, driven by the scheduler's leader
+//!   (one replica at a time, under a lease);
 //! - [`routes`]: one module per resource, each exposing `router()`.
 //!
 //! It never runs guests; it only validates them with the runtime crate.
@@ -35,7 +37,9 @@ pub mod master_key;
 pub mod metrics;
 pub mod openapi;
 pub mod ownership;
+pub mod placement;
 pub mod platform_tls;
+pub mod rollouts;
 pub mod routes;
 pub mod store;
 pub mod testing;
@@ -83,6 +87,8 @@ pub struct AppState {
     pub ownership_wake: Arc<tokio::sync::Notify>,
     /// Whether this process's ownership checks were started.
     pub ownership_started: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this process's rollout leader loop was started.
+    pub rollouts_started: Arc<std::sync::atomic::AtomicBool>,
     /// What the background work did (`GET /metrics`).
     pub metrics: Arc<metrics::ApiMetrics>,
 }
@@ -160,6 +166,7 @@ impl AppState {
                 platform_tls_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 ownership_wake: Arc::new(tokio::sync::Notify::new()),
                 ownership_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                rollouts_started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 metrics: Arc::new(metrics::ApiMetrics::new()?),
             },
             bootstrap_token,
@@ -204,6 +211,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::apps::router())
         .merge(routes::versions::router())
         .merge(routes::pops::router())
+        .merge(routes::rollouts::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route(
@@ -295,6 +303,7 @@ async fn serve_on(
     acme::spawn(state.clone(), shutdown.clone());
     platform_tls::spawn(state.clone(), shutdown.clone());
     ownership::worker::spawn(state.clone(), shutdown.clone());
+    rollouts::spawn(state.clone(), shutdown.clone());
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let end_polls = {
         let shutdown = shutdown.clone();

@@ -23,6 +23,7 @@ use gannet_control_api::compile::{CompileConfig, CompileIsolation};
 use gannet_control_api::compile_worker::WorkerLimits;
 use gannet_control_api::master_key::MasterKey;
 use gannet_control_api::ownership::worker::OwnershipConfig;
+use gannet_control_api::rollouts::RolloutSettings;
 use gannet_control_api::{ApiConfig, AppState, serve, serve_tls};
 use gannet_model::ByteSize;
 use gannet_server::tls::{ReloadableCert, read_certified_key, server_config};
@@ -136,6 +137,27 @@ struct Args {
     /// addresses (a private network or a test setup only).
     #[arg(long)]
     verify_allow_private_addresses: bool,
+    /// Seconds between two analysis windows of a rollout (gateways push
+    /// their counters this often).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    analysis_interval_secs: u64,
+    /// Seconds the scheduler's leader lease lasts unrenewed: another
+    /// replica takes a dead leader's rollouts over after it.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    scheduler_lease_secs: u64,
+    /// The steps of a canary deploy that names none, separated by `;`,
+    /// each `[pops=<key>:<value>,…] <n>%` (the last `100%`).
+    #[arg(long, default_value = gannet_scheduler::rollout::DEFAULT_STEPS)]
+    rollout_steps: String,
+    /// The bake time of each step of a canary deploy that names none,
+    /// seconds.
+    #[arg(long, default_value_t = 60)]
+    rollout_bake_secs: u64,
+    /// Requests a step's analysis needs from the canary (and from the
+    /// stable version) before it can pass or fail it: fewer is
+    /// inconclusive, and the step waits (then pauses) rather than promote.
+    #[arg(long, default_value_t = 100)]
+    rollout_min_requests: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -191,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         master_key: Some(master_key),
         acme: acme_config(&args)?,
         ownership: ownership_config(&args),
+        rollouts: rollout_settings(&args)?,
         ..ApiConfig::default()
     };
     // A certificate that cannot be served stops the start, before anything
@@ -238,6 +261,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => serve(listener, built.state, shutdown).await?,
     }
     Ok(())
+}
+
+/// How rollouts run, with the default policy checked (a policy that
+/// cannot be used stops the start, saying what to fix).
+fn rollout_settings(args: &Args) -> anyhow::Result<RolloutSettings> {
+    let settings = RolloutSettings {
+        analysis_interval: Duration::from_secs(args.analysis_interval_secs),
+        lease_ttl: Duration::from_secs(args.scheduler_lease_secs),
+        default_steps: args.rollout_steps.clone(),
+        default_bake: Duration::from_secs(args.rollout_bake_secs),
+        gates: gannet_scheduler::analysis::Gates {
+            min_requests: args.rollout_min_requests.max(1),
+            ..Default::default()
+        },
+        ..RolloutSettings::default()
+    };
+    settings.policy(None, None).with_context(|| {
+        format!(
+            "--rollout-steps `{}` with --rollout-bake-secs {}",
+            args.rollout_steps, args.rollout_bake_secs
+        )
+    })?;
+    Ok(settings)
 }
 
 /// How custom hostnames' ownership is checked.

@@ -6,12 +6,13 @@
 use crate::desired_state::GatewayState;
 use crate::ownership::store::OperatorDomain;
 use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
-use crate::routes::{account, admin, apps, pops, versions};
+use crate::routes::{account, admin, apps, pops, rollouts, versions};
 use gannet_model::api::*;
 use gannet_model::snapshot::{
-    AcmeChallenge, AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration,
-    HostCertificate, PemPair, PlatformTls, StateUpdate, TicketKeyWire,
+    AcmeChallenge, Affinity, AppReport, CanaryVersion, DeployedApp, FailedApp, GatewayAck,
+    GatewayRegistration, HostCertificate, PemPair, PlatformTls, StateUpdate, TicketKeyWire,
 };
+use gannet_model::snapshot::{GatewayReport, VersionCounters};
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -26,10 +27,11 @@ use utoipa::{Modify, OpenApi};
         admin::list_domains, admin::vouch_for_domain, apps::verify_domain,
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::list_app_domains,
-        apps::remove_domain, apps::list_domains,
+        apps::remove_domain, apps::list_domains, apps::set_placement, apps::set_affinity,
         versions::upload, versions::list, versions::rollback, versions::download,
         pops::create_pop, pops::list_pops, pops::create_gateway, pops::list_gateways, pops::revoke_gateway,
         pops::state, pops::register, pops::component, pops::ack, pops::app_status,
+        rollouts::get_rollout, rollouts::rollout_action, rollouts::report,
     ),
     components(schemas(
         Quotas, QuotaPatch, CreateTenant, Tenant, TenantCreated, WhoAmI, TokenInfo, TokenCreated,
@@ -37,7 +39,8 @@ use utoipa::{Modify, OpenApi};
         AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
         AppReport, FailedApp, GatewayState, GatewayRegistration, HostCertificate, AcmeChallenge,
-        PlatformTls, PemPair, TicketKeyWire,
+        PlatformTls, PemPair, TicketKeyWire, SetPlacement, SetAffinity, CanaryVersion, Affinity,
+        RolloutStatus, RolloutStep, PopProgress, Figures, RolloutTransition, GatewayReport, VersionCounters,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -45,6 +48,7 @@ use utoipa::{Modify, OpenApi};
         (name = "account", description = "The caller's tenant: tokens, audit log"),
         (name = "apps", description = "Apps and hostnames"),
         (name = "versions", description = "Uploads, versions, rollbacks, status"),
+        (name = "rollouts", description = "Progressive rollouts: status and actions"),
         (name = "gateways", description = "The gateway protocol (node token)"),
     )
 )]

@@ -100,6 +100,9 @@ pub enum WriteError {
     /// Sealing the private key failed.
     #[error("sealing the private key: {0}")]
     Seal(#[from] CryptoError),
+    /// A live rollout stands in the way (what to do, for the caller).
+    #[error("{0}")]
+    RolloutInProgress(String),
 }
 
 fn hostname_taken(hostname: &str, own: bool) -> String {
@@ -605,6 +608,8 @@ impl Store {
         tenant_id: i64,
         name: &str,
         hostname: &str,
+        placement: &str,
+        affinity: &str,
     ) -> Result<App, WriteError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -620,11 +625,13 @@ impl Store {
             )));
         }
         let row = sqlx::query(
-            "INSERT INTO apps (tenant_id, name, created_ms) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO apps (tenant_id, name, created_ms, placement, affinity) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(tenant_id)
         .bind(name)
         .bind(now)
+        .bind(placement)
+        .bind(affinity)
         .fetch_one(&mut *tx)
         .await?;
         let id: i64 = row.try_get("id")?;
@@ -635,11 +642,18 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        let pops = crate::placement::placed_pops(placement, &self.pop_labels().await?);
         Ok(App {
             name: name.to_string(),
             hostnames: vec![hostname.to_string()],
             active_version: None,
             created_ms: now,
+            placement: placement.to_string(),
+            pops,
+            affinity: crate::placement::check_affinity(affinity)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            canary_version: None,
         })
     }
 
@@ -664,21 +678,33 @@ impl Store {
 
     /// The tenant's apps with hostnames and active version numbers.
     pub async fn list_apps(&self, tenant_id: i64) -> Result<Vec<App>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT a.id, a.name, a.created_ms, v.number AS active FROM apps a LEFT JOIN versions v ON v.id = a.active_version_id \
+        let rows = sqlx::query(&format!(
+            "SELECT a.id, a.name, a.created_ms, a.placement, a.affinity, v.number AS active, \
+             (SELECT MAX(r.canary_version) FROM rollouts r WHERE r.app_id = a.id AND r.phase IN {}) AS canary \
+             FROM apps a LEFT JOIN versions v ON v.id = a.active_version_id \
              WHERE a.tenant_id = $1 ORDER BY a.name",
-        )
+            crate::placement::LIVE_ROLLOUT
+        ))
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?;
+        let pops = self.pop_labels().await?;
         let mut apps = Vec::with_capacity(rows.len());
         for r in rows {
             let id: i64 = r.try_get("id")?;
+            let placement: String = r.try_get("placement")?;
+            let affinity: String = r.try_get("affinity")?;
             apps.push(App {
                 name: r.try_get("name")?,
                 hostnames: self.hostnames(id).await?,
                 active_version: r.try_get::<Option<i64>, _>("active")?.map(|n| n as u32),
                 created_ms: r.try_get("created_ms")?,
+                pops: crate::placement::placed_pops(&placement, &pops),
+                placement,
+                affinity: crate::placement::check_affinity(&affinity)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                canary_version: r.try_get::<Option<i64>, _>("canary")?.map(|n| n as u32),
             });
         }
         Ok(apps)
@@ -1129,6 +1155,16 @@ impl Store {
                 .bind(app_id)
                 .execute(&mut *tx)
                 .await?;
+            // An immediate deploy replaces a live rollout at once.
+            let by = number as u32;
+            crate::rollouts::store::end_live_rollouts(
+                &mut tx,
+                app_id,
+                &gannet_scheduler::rollout::Phase::Superseded { by },
+                &format!("version {by} was deployed immediately"),
+                now,
+            )
+            .await?;
             revision = Some(self.append_change(&mut tx, app_id).await?);
         }
         tx.commit().await?;
@@ -1259,6 +1295,19 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
+        // A rollback is immediate: a live rollout ends with it, its canary
+        // off every PoP in the same revision.
+        let reason = format!("rolled back to version {number}");
+        crate::rollouts::store::end_live_rollouts(
+            &mut tx,
+            app.id,
+            &gannet_scheduler::rollout::Phase::Aborted {
+                reason: reason.clone(),
+            },
+            &reason,
+            now_ms(),
+        )
+        .await?;
         let revision = self.append_change(&mut tx, app.id).await?;
         tx.commit().await?;
         Ok(Some(revision))

@@ -30,7 +30,14 @@ pub struct ControlPlane {
     /// [`crate::sync::trust::read_ca_file`]); `None`: the web's public
     /// roots (Mozilla's, built in).
     pub trusted_cas: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// How often request counters are pushed (`POST /v1/pops/{pop}/report`)
+    /// for the scheduler's analysis of rollouts.
+    pub report_interval: Duration,
 }
+
+/// The default [`ControlPlane::report_interval`]: the scheduler's default
+/// analysis interval.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The default `--max-component-size`: 8× the default tenant quota (32 MiB).
 pub const DEFAULT_MAX_COMPONENT_SIZE: ByteSize = ByteSize(256 << 20);
@@ -143,6 +150,9 @@ pub struct GatewayConfig {
     pub server: gannet_server::ServerLimits,
     /// HTTPS, when the gateway has a TLS listener.
     pub https: Option<Https>,
+    /// Proxies whose `X-Forwarded-For` gives a request's client address
+    /// (the affinity key of a rollout's split); none: the connection's.
+    pub trusted_proxies: crate::proxies::TrustedProxies,
 }
 
 impl Default for GatewayConfig {
@@ -161,6 +171,7 @@ impl Default for GatewayConfig {
             fairness: Fairness::default(),
             server: gannet_server::ServerLimits::default(),
             https: None,
+            trusted_proxies: crate::proxies::TrustedProxies::default(),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The hot path: one end-user request, from routing to the guest's response.
 //!
 //! Per request, in order (allocations noted):
-//! 1. load the routing table (atomic pointer, no lock) and clone the app's
-//!    `Arc` (an atomic increment);
+//! 1. load the routing table (atomic pointer, no lock), pick the version
+//!    (during a rollout: the `gannet-version` pin, else a hash of the
+//!    affinity key — a header, a cookie or the client address — against
+//!    the canary's weight; no lock, no allocation) and clone its `Arc` (an
+//!    atomic increment);
 //! 2. check header and declared body sizes against the app's limits;
 //! 3. take an app permit (`try_acquire`: shed load rather than queue; a
 //!    request over its app's or tenant's share is answered 503 after a
@@ -19,7 +22,8 @@
 //!    scheduler (a waiter allocation when it has to queue), under the app's
 //!    wall-clock limit; its CPU limit is enforced by the epoch deadline;
 //! 8. await the response head; stream its body to the client, cut if the
-//!    guest fails later.
+//!    guest fails later; count it and its time to the head in the version's
+//!    report counters (atomic adds).
 //!
 //! Nothing here touches the disk on a cache hit, a database or the network
 //! beyond the client's connection.
@@ -29,6 +33,7 @@ use crate::cache::ComponentCache;
 use crate::error::Rejection;
 use crate::guests::GuestRuntime;
 use crate::metrics::Metrics;
+use crate::proxies::TrustedProxies;
 use crate::router::{App, RouteTable, request_host};
 use arc_swap::ArcSwap;
 use gannet_runtime::fair::Shares;
@@ -37,6 +42,7 @@ use gannet_runtime::fair::slots::{Slot, SlotRefusal};
 use gannet_runtime::{GuestFailure, Prepared, Runtime, host::new_store};
 use http::{Request, Response, header};
 use hyper::body::Incoming;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -60,20 +66,24 @@ pub struct State {
     pub guests: GuestRuntime,
     /// How long an app-busy or tenant-busy answer is held.
     pub busy_hold: std::time::Duration,
+    /// Proxies whose `X-Forwarded-For` gives the client address.
+    pub proxies: TrustedProxies,
 }
 
-/// Answers one request that came in over `scheme` (the guest sees it).
-/// Never fails: every failure becomes a response.
+/// Answers one request that came in over `scheme` (the guest sees it) from
+/// `peer`. Never fails: every failure becomes a response.
 pub async fn handle(
     state: &State,
     req: Request<Incoming>,
     scheme: Scheme,
+    peer: SocketAddr,
 ) -> Response<GatewayBody> {
     let start = Instant::now();
     let app = {
         let table = state.routes.load();
-        match request_host(&req).and_then(|h| table.lookup(&h).cloned()) {
-            Some(app) => app,
+        let deployment = request_host(&req).and_then(|h| table.lookup(&h));
+        match deployment {
+            Some(d) => d.pick(req.headers(), peer, &state.proxies).clone(),
             None => return reject(state, None, Rejection::UnknownHost),
         }
     };
@@ -119,7 +129,9 @@ pub async fn handle(
     };
 
     let response = invoke(state, &app, prepared, req, scheme, (app_permit, slot)).await;
-    app.metrics.duration.observe(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed();
+    app.metrics.duration.observe(elapsed.as_secs_f64());
+    app.metrics.counts.record_latency(elapsed);
     response
 }
 

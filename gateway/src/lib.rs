@@ -22,13 +22,14 @@ pub mod error;
 pub mod guests;
 pub mod invoke;
 pub mod metrics;
+pub mod proxies;
 pub mod router;
 pub mod routes_file;
 pub mod server;
 pub mod sync;
 pub mod tls;
 
-pub use config::{ControlPlane, Fairness, GatewayConfig, Https};
+pub use config::{ControlPlane, DEFAULT_REPORT_INTERVAL, Fairness, GatewayConfig, Https};
 
 use crate::admin::Readiness;
 use crate::cache::{ComponentCache, PrepareError};
@@ -173,6 +174,7 @@ impl Gateway {
             shares,
             guests,
             busy_hold: config.fairness.busy_hold,
+            proxies: config.trusted_proxies.clone(),
         });
         let certs = CertStore::new(state.metrics.clone());
         if let Some(https) = &config.https {
@@ -225,8 +227,20 @@ impl Gateway {
         };
         let memo_snapshot = memo.clone();
         let (specs, digests) = tokio::task::spawn_blocking(move || {
-            let specs = routes_file::load(&path, bounds)?;
+            let mut specs = routes_file::load(&path, bounds)?;
             let digests = digest_components(&specs, &memo_snapshot)?;
+            for spec in &mut specs {
+                if let Some(canary) = &mut spec.canary {
+                    let bytes = std::fs::read(&canary.component).map_err(|source| {
+                        GatewayError::Component {
+                            app: spec.id.to_string(),
+                            path: canary.component.clone(),
+                            source,
+                        }
+                    })?;
+                    canary.digest = Some(Sha256Digest::of(&bytes));
+                }
+            }
             Ok::<_, GatewayError>((specs, digests))
         })
         .await
@@ -353,8 +367,12 @@ impl Gateway {
                     source,
                 })?;
         }
+        let canaries: Vec<(AppSpec, Sha256Digest)> = apps
+            .iter()
+            .filter_map(|(spec, _)| spec.canary_as_spec())
+            .collect();
         let mut distinct = HashMap::new();
-        for (spec, digest) in &apps {
+        for (spec, digest) in apps.iter().chain(&canaries) {
             distinct.entry(*digest).or_insert(spec);
         }
         for (digest, spec) in distinct {
@@ -389,12 +407,27 @@ impl Gateway {
             }),
         );
         let old = self.state.routes.load_full();
-        let components: std::collections::HashSet<Sha256Digest> =
+        let mut components: std::collections::HashSet<Sha256Digest> =
             apps.iter().map(|(_, d)| *d).collect();
         let mut entries = Vec::with_capacity(apps.len());
         for (spec, digest) in apps {
-            let app = self.build_app(&spec, digest, old.app(&spec.id));
-            entries.push((Arc::new(app), spec.hosts));
+            let stable = Arc::new(self.build_app(&spec, digest, &old, true));
+            let canary = match (&spec.canary, spec.canary_as_spec()) {
+                (Some(c), Some((canary_spec, canary_digest))) => {
+                    components.insert(canary_digest);
+                    Some(router::Canary {
+                        app: Arc::new(self.build_app(&canary_spec, canary_digest, &old, false)),
+                        weight: c.weight,
+                    })
+                }
+                _ => None,
+            };
+            let deployment = router::Deployment {
+                stable,
+                canary,
+                affinity: router::AffinityKey::from(&spec.affinity),
+            };
+            entries.push((Arc::new(deployment), spec.hosts));
         }
         let summary = LoadSummary {
             apps: entries.len(),
@@ -402,11 +435,11 @@ impl Gateway {
         };
         let table = RouteTable::new(entries);
         for gone in old.apps() {
-            match table.app(&gone.id) {
-                Some(now) if now.version == gone.version => {}
-                Some(_) => self.state.metrics.forget_version(&gone.metrics, false),
-                None => self.state.metrics.forget_version(&gone.metrics, true),
+            if table.version(&gone.id, &gone.version).is_some() {
+                continue;
             }
+            let app_gone = table.app(&gone.id).is_none();
+            self.state.metrics.forget_version(&gone.metrics, app_gone);
         }
         self.state.routes.store(Arc::new(table));
         self.state.metrics.apps.set(summary.apps as i64);
@@ -419,7 +452,18 @@ impl Gateway {
         summary
     }
 
-    fn build_app(&self, spec: &AppSpec, digest: Sha256Digest, previous: Option<&Arc<App>>) -> App {
+    /// Prepares one version of an app for the table, keeping what the
+    /// same version had in `old` (its log sink and counts; its concurrency
+    /// permits when its limit is unchanged, falling back to the app's
+    /// stable version's for a `stable` one, so a promoted canary or a new
+    /// version keeps counting the requests still running).
+    fn build_app(
+        &self,
+        spec: &AppSpec,
+        digest: Sha256Digest,
+        old: &RouteTable,
+        stable: bool,
+    ) -> App {
         // Versions from the control API are known by their number (a new
         // version that changes only env or limits is told apart); a routes
         // file's apps by their component's digest.
@@ -427,6 +471,8 @@ impl Gateway {
             Some((_, number)) => number.to_string(),
             None => digest.short(),
         };
+        let same_version = old.version(&spec.id, &version);
+        let previous = same_version.or_else(|| if stable { old.app(&spec.id) } else { None });
         let limits = spec.limits.resolve(&self.config.defaults);
         // Keep the concurrency permits and the log sink of an unchanged app,
         // so requests running across a reload still count against its limit.

@@ -129,6 +129,16 @@ struct Args {
     /// before its 503 (app-busy, tenant-busy).
     #[arg(long, default_value_t = 250)]
     busy_hold_ms: u64,
+    /// A proxy (address or CIDR block) in front of this gateway whose
+    /// `X-Forwarded-For` names the client; repeat for more. The client
+    /// address is the key of a rollout's split for apps without a header
+    /// or cookie affinity. Default: none, the connection's address.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<gannet_gateway::proxies::Cidr>,
+    /// Seconds between two pushes of request counters to the control API
+    /// (the scheduler's analysis interval).
+    #[arg(long, default_value_t = 10)]
+    report_interval_secs: u64,
     /// The public listener's connection timeouts and caps.
     #[command(flatten)]
     server: gannet_server::ServerArgs,
@@ -238,6 +248,7 @@ impl Args {
                         .as_deref()
                         .map(gannet_gateway::sync::trust::read_ca_file)
                         .transpose()?,
+                    report_interval: Duration::from_secs(self.report_interval_secs.max(1)),
                 }),
                 _ => None,
             },
@@ -260,6 +271,9 @@ impl Args {
             },
             server: self.server.limits(),
             https: self.https()?,
+            trusted_proxies: gannet_gateway::proxies::TrustedProxies::new(
+                self.trusted_proxies.clone(),
+            ),
             ..GatewayConfig::default()
         })
     }

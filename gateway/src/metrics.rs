@@ -20,6 +20,7 @@
 //! | `gannet_routes_apps` | gauge | |
 //! | `gannet_sync_revision` | gauge | |
 //! | `gannet_sync_applies_total` | counter | result (ack, nack) |
+//! | `gannet_sync_reports_total` | counter | result (ok, error) |
 //! | `gannet_sync_apply_duration_seconds` | histogram | |
 //! | `gannet_sync_downloads_total`, `gannet_sync_download_bytes_total` | counter | |
 //! | `gannet_sync_last_success_timestamp_seconds` | gauge | |
@@ -73,6 +74,7 @@ pub struct Metrics {
     pub(crate) apps: IntGauge,
     pub(crate) sync_revision: IntGauge,
     pub(crate) sync_applies: IntCounterVec,
+    pub(crate) sync_reports: IntCounterVec,
     pub(crate) sync_apply_seconds: Histogram,
     pub(crate) sync_downloads: IntCounter,
     pub(crate) sync_download_bytes: IntCounter,
@@ -247,6 +249,16 @@ impl Metrics {
                     Opts::new(
                         "gannet_sync_applies_total",
                         "Revisions applied (ack) or refused (nack).",
+                    ),
+                    &["result"],
+                )?,
+            ),
+            sync_reports: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gannet_sync_reports_total",
+                        "Request-counter reports pushed to the control API (ok) or not delivered (error).",
                     ),
                     &["result"],
                 )?,
@@ -683,13 +695,55 @@ pub struct AppMetrics {
     retired: std::sync::atomic::AtomicBool,
 }
 
-/// Responses of one app version since the gateway started.
+/// Responses of one app version since the gateway started (kept across
+/// routing-table rebuilds while the version is served): what the gateway
+/// reports to the control API, whose scheduler diffs them into analysis
+/// windows for rollouts.
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     /// Responses.
     pub answered: std::sync::atomic::AtomicU64,
     /// Of which 5xx.
     pub failed: std::sync::atomic::AtomicU64,
+    /// Guests that trapped.
+    pub traps: std::sync::atomic::AtomicU64,
+    /// Guests killed at a limit (CPU, memory, wall time).
+    pub limit_kills: std::sync::atomic::AtomicU64,
+    /// Time to the response head, per bucket of
+    /// [`gannet_scheduler::analysis::LATENCY_BOUNDS_US`] (and an overflow
+    /// bucket).
+    pub latency: [std::sync::atomic::AtomicU64; gannet_scheduler::analysis::LATENCY_BUCKETS],
+}
+
+impl RequestCounts {
+    /// Counts one request's time to its response head (a lookup in 16
+    /// bounds and one atomic add).
+    pub fn record_latency(&self, latency: std::time::Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bounds = &gannet_scheduler::analysis::LATENCY_BOUNDS_US;
+        let bucket = bounds.partition_point(|&b| b < us);
+        self.latency[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counts now, as a report carries them.
+    pub fn snapshot(&self, key: String, version: u32) -> gannet_model::snapshot::VersionCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let traps = self.traps.load(Relaxed);
+        let limit_kills = self.limit_kills.load(Relaxed);
+        gannet_model::snapshot::VersionCounters {
+            key,
+            version,
+            requests: self.answered.load(Relaxed),
+            // A trap or a kill is answered 5xx too: counted once, as what it is.
+            server_errors: self
+                .failed
+                .load(Relaxed)
+                .saturating_sub(traps.saturating_add(limit_kills)),
+            traps,
+            limit_kills,
+            latency: self.latency.iter().map(|b| b.load(Relaxed)).collect(),
+        }
+    }
 }
 
 impl AppMetrics {
@@ -743,6 +797,16 @@ impl AppMetrics {
 
     /// Counts one failed invocation.
     pub fn failure(&self, kind: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match kind {
+            "trap" => {
+                self.counts.traps.fetch_add(1, Relaxed);
+            }
+            "cpu-limit" | "wall-limit" | "memory-limit" => {
+                self.counts.limit_kills.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
         if self.retired.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }

@@ -7,17 +7,24 @@
 //! component = "examples/hello.wasm" # relative to this file
 //! env = { GREETING = "hi" }
 //! outbound = ["api.example.com", "https://pay.example.com:8443"]  # default none
+//! affinity = "header:x-user"        # what splits requests with a canary:
+//!                                   # client (default), header:<n>, cookie:<n>
 //! [app.limits]                      # every key optional; platform defaults apply
 //! memory = "64MiB"
 //! cpu_ms = 50
+//! [app.canary]                      # optional: a second version with a share
+//! component = "examples/hello-v2.wasm"
+//! weight = 10                       # percent of requests, by the app's affinity
+//! env = { GREETING = "hi v2" }       # env, limits, outbound: as for the app
 //! ```
 //!
 //! Reading is strict: an unknown key, a duplicate id or hostname, a missing
 //! component file or an out-of-range limit rejects the whole file with a
 //! message that names the problem.
 
-use gannet_model::snapshot::HostCertificate;
-use gannet_model::{AppId, Limits};
+use gannet_model::snapshot::{Affinity, HostCertificate};
+use gannet_model::{AppId, Limits, Sha256Digest};
+use gannet_scheduler::split::Weight;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -71,6 +78,42 @@ struct RawApp {
     limits: Limits,
     #[serde(default)]
     outbound: Vec<String>,
+    #[serde(default)]
+    canary: Option<RawCanary>,
+    #[serde(default)]
+    affinity: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCanary {
+    component: PathBuf,
+    weight: u8,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    outbound: Vec<String>,
+}
+
+/// A canary version served beside an app's stable one, with its share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanarySpec {
+    /// Its component.
+    pub component: PathBuf,
+    /// The component's digest, once known (the control API gives it; a
+    /// routes file's is hashed when it is loaded).
+    pub digest: Option<Sha256Digest>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Limits as written.
+    pub limits: Limits,
+    /// Outbound host allowlist.
+    pub outbound: Vec<String>,
+    /// Its version number (apps from the control API).
+    pub version: Option<u32>,
+    /// Its share of requests.
+    pub weight: Weight,
 }
 
 /// One app as the routes file declares it, validated.
@@ -96,6 +139,40 @@ pub struct AppSpec {
     /// The tenant's own certificates for some of `hosts`, served by SNI
     /// (apps from the control API; a routes file has none).
     pub certificates: Vec<HostCertificate>,
+    /// A canary version served beside this one.
+    pub canary: Option<CanarySpec>,
+    /// What the split between the two hashes.
+    pub affinity: Affinity,
+}
+
+impl AppSpec {
+    /// The canary as a spec of its own (same id and tenant, no hostnames),
+    /// with its digest; `None` without a canary or before its digest is
+    /// known.
+    pub fn canary_as_spec(&self) -> Option<(AppSpec, Sha256Digest)> {
+        let c = self.canary.as_ref()?;
+        let digest = c.digest?;
+        let report = match (&self.report, c.version) {
+            (Some((key, _)), Some(version)) => Some((key.clone(), version)),
+            _ => None,
+        };
+        Some((
+            AppSpec {
+                id: self.id.clone(),
+                tenant: self.tenant.clone(),
+                hosts: Vec::new(),
+                component: c.component.clone(),
+                env: c.env.clone(),
+                limits: c.limits.clone(),
+                outbound: c.outbound.clone(),
+                report,
+                certificates: Vec::new(),
+                canary: None,
+                affinity: Affinity::Client,
+            },
+            digest,
+        ))
+    }
 }
 
 /// Bounds a routes file may not exceed.
@@ -188,7 +265,50 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
                 component.display()
             )));
         }
+        let canary = match app.canary {
+            None => None,
+            Some(c) => {
+                let weight = Weight::new(c.weight)
+                    .map_err(|e| invalid(format!("app `{}`: canary: {e}", app.id)))?;
+                if let Some(key) = c
+                    .env
+                    .keys()
+                    .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+                {
+                    return Err(invalid(format!(
+                        "app `{}`: canary env key `{key}` is not valid",
+                        app.id
+                    )));
+                }
+                check_limits(&app.id, &c.limits, bounds).map_err(invalid)?;
+                gannet_runtime::outbound::validate_entries(&c.outbound)
+                    .map_err(|e| invalid(format!("app `{}`: canary: {e}", app.id)))?;
+                let component = base.join(&c.component);
+                if !component.is_file() {
+                    return Err(invalid(format!(
+                        "app `{}`: canary component {} does not exist",
+                        app.id,
+                        component.display()
+                    )));
+                }
+                Some(CanarySpec {
+                    component,
+                    digest: None,
+                    env: c.env,
+                    limits: c.limits,
+                    outbound: c.outbound,
+                    version: None,
+                    weight,
+                })
+            }
+        };
+        let affinity = match &app.affinity {
+            None => Affinity::Client,
+            Some(a) => Affinity::parse(a).map_err(|e| invalid(format!("app `{}`: {e}", app.id)))?,
+        };
         specs.push(AppSpec {
+            canary,
+            affinity,
             tenant: app.tenant.unwrap_or_else(|| "local".to_string()),
             id: app.id,
             hosts: app_hosts,

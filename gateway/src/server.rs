@@ -18,6 +18,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,22 +38,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let stats = state.metrics.server.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let acme = acme_answer(&challenges, &state.metrics, &req);
+    let make = move |peer: SocketAddr| {
         let state = state.clone();
-        async move {
-            if let Some(answer) = acme {
-                return Ok::<_, Infallible>(answer);
+        let challenges = challenges.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let acme = acme_answer(&challenges, &state.metrics, &req);
+            let state = state.clone();
+            async move {
+                if let Some(answer) = acme {
+                    return Ok::<_, Infallible>(answer);
+                }
+                if let Some(port) = redirect_to
+                    && let Some(redirect) = https_redirect(&state, &req, port)
+                {
+                    return Ok::<_, Infallible>(redirect);
+                }
+                Ok(handle(&state, req, Scheme::Http, peer).await)
             }
-            if let Some(port) = redirect_to
-                && let Some(redirect) = https_redirect(&state, &req, port)
-            {
-                return Ok::<_, Infallible>(redirect);
-            }
-            Ok(handle(&state, req, Scheme::Http).await)
-        }
-    });
-    gannet_server::serve(listener, service, limits, stats, shutdown).await;
+        })
+    };
+    gannet_server::serve_peers(listener, make, limits, stats, shutdown).await;
 }
 
 /// Serves HTTPS on `listener` with `tls`, as [`serve`] does HTTP.
@@ -65,17 +70,21 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let stats = state.metrics.server.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let acme = acme_answer(&challenges, &state.metrics, &req);
+    let make = move |peer: SocketAddr| {
         let state = state.clone();
-        async move {
-            if let Some(answer) = acme {
-                return Ok::<_, Infallible>(answer);
+        let challenges = challenges.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let acme = acme_answer(&challenges, &state.metrics, &req);
+            let state = state.clone();
+            async move {
+                if let Some(answer) = acme {
+                    return Ok::<_, Infallible>(answer);
+                }
+                Ok(handle(&state, req, Scheme::Https, peer).await)
             }
-            Ok(handle(&state, req, Scheme::Https).await)
-        }
-    });
-    gannet_server::serve_tls(listener, tls, service, limits, stats, shutdown).await;
+        })
+    };
+    gannet_server::serve_tls_peers(listener, tls, make, limits, stats, shutdown).await;
 }
 
 /// The answer to an ACME HTTP-01 challenge in `challenges` (200, the key

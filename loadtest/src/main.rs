@@ -13,11 +13,15 @@
 //! plain, new TLS connections per second (full and resumed) against a native
 //! hyper + rustls hello, and HTTP/2 over TLS with h2load.
 //!
+//! `--split` runs the traffic-split scenario instead ([`split`]): one app
+//! with and without a canary at 50 %, alternating rounds.
+//!
 //! Needs `wrk` (apt-get install wrk). `wasmtime` 48.0.8 is optional: without
 //! it the comparison is skipped with a message (install it once with
 //! `cargo install wasmtime-cli --version 48.0.8 --locked`).
 
 mod noisy;
+mod split;
 mod tls;
 
 use anyhow::{Context, Result, bail};
@@ -61,6 +65,10 @@ struct Args {
     /// missed. Needs h2load (apt-get install nghttp2-client).
     #[arg(long, conflicts_with = "noisy")]
     tls: bool,
+    /// Run the traffic-split scenario (a canary at 50 % against one
+    /// version) instead; exits non-zero if the split costs more than 5 %.
+    #[arg(long, conflicts_with_all = ["noisy", "tls"])]
+    split: bool,
 }
 
 struct Measured {
@@ -282,6 +290,18 @@ fn main() -> Result<()> {
     if args.noisy {
         if !noisy::run(&bin_dir, &args.root, args.duration_secs)? {
             bail!("the noisy-neighbour targets were missed");
+        }
+        return Ok(());
+    }
+    if args.split {
+        if !split::run(
+            &bin_dir,
+            &args.root,
+            args.duration_secs,
+            args.warmup_secs,
+            args.connections,
+        )? {
+            bail!("the split target was missed");
         }
         return Ok(());
     }

@@ -195,6 +195,14 @@ pub struct TokenCreated {
 pub struct CreateApp {
     /// The app's name (an id: a-z, 0-9, '-').
     pub name: String,
+    /// Where it is served: a selector over PoP labels such as
+    /// `region=eu,tier!=canary`; every PoP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// Its affinity key: `client` (default), `header:<name>` or
+    /// `cookie:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 /// An app.
@@ -210,6 +218,142 @@ pub struct App {
     pub active_version: Option<u32>,
     /// Creation time, ms.
     pub created_ms: i64,
+    /// Its placement selector (canonical; empty: every PoP).
+    #[serde(default)]
+    pub placement: String,
+    /// The PoPs it is served at now.
+    #[serde(default)]
+    pub pops: Vec<String>,
+    /// Its affinity key (`client`, `header:<name>`, `cookie:<name>`).
+    #[serde(default)]
+    pub affinity: String,
+    /// The canary version of its live rollout, if one is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<u32>,
+}
+
+/// `PUT /v1/apps/{app}/placement`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetPlacement {
+    /// A selector over PoP labels (`region=eu,tier!=canary`, `gpu`, `!gpu`); empty for every PoP.
+    pub selector: String,
+}
+
+/// `PUT /v1/apps/{app}/affinity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetAffinity {
+    /// `client`, `header:<name>` or `cookie:<name>`.
+    pub affinity: String,
+}
+
+/// A rollout, as `gannet rollout status` shows it
+/// (`GET /v1/apps/{app}/rollout`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutStatus {
+    /// Its id.
+    pub id: i64,
+    /// The app.
+    pub app: String,
+    /// The version serving the rest of the traffic.
+    pub stable: u32,
+    /// The version being rolled out.
+    pub canary: u32,
+    /// `pending`, `progressing`, `paused`, `succeeded`, `aborted` or
+    /// `superseded`.
+    pub phase: String,
+    /// Why it is paused, aborted or superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The current step, counted from 1, while progressing or paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// The policy's steps.
+    pub steps: Vec<RolloutStep>,
+    /// The canary's weight (percent) at each of the app's PoPs.
+    pub weights: BTreeMap<String, u8>,
+    /// Per PoP: its gateways' progress on the current step.
+    pub pops: Vec<PopProgress>,
+    /// The canary's requests at the current step's PoPs since it started.
+    pub canary_figures: Figures,
+    /// The stable version's, over the same window (the baseline).
+    pub stable_figures: Figures,
+    /// Every transition, oldest first.
+    pub history: Vec<RolloutTransition>,
+    /// The analysis interval, ms.
+    pub analysis_interval_ms: u64,
+    /// Creation time, ms.
+    pub created_ms: i64,
+    /// Last change, ms.
+    pub updated_ms: i64,
+    /// An action asked for and not yet applied by the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_action: Option<String>,
+}
+
+/// One step of a rollout policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutStep {
+    /// Its PoP selector (canonical; empty: every PoP of the app).
+    pub pops: String,
+    /// The app's PoPs it applies to.
+    pub pop_names: Vec<String>,
+    /// The canary's weight there, percent.
+    pub weight: u8,
+    /// How long it bakes, ms.
+    pub bake_ms: u64,
+}
+
+/// A PoP's gateways on a rollout's current step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PopProgress {
+    /// The PoP.
+    pub pop: String,
+    /// The canary's weight there, percent.
+    pub weight: u8,
+    /// Gateways that ACKed the step's revision with the canary warm.
+    pub ready: Vec<String>,
+    /// Gateways that did not yet.
+    pub waiting: Vec<String>,
+    /// Gateways silent past the grace (not waited for).
+    pub silent: Vec<String>,
+}
+
+/// Request figures of one version over a window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Figures {
+    /// Requests.
+    pub requests: u64,
+    /// Failed ones: 5xx, traps, limit kills.
+    pub failures: u64,
+    /// failures / requests, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_percent: Option<f64>,
+    /// Median latency (upper bound of its histogram bucket), µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<u64>,
+    /// 99th percentile, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<u64>,
+}
+
+/// A rollout's change of phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutTransition {
+    /// When, ms.
+    pub at_ms: u64,
+    /// The phase before (`progressing (step 2)`…).
+    pub from: String,
+    /// The phase after.
+    pub to: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// An immutable version of an app: component + env + limits + allowlist.

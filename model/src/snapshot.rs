@@ -41,6 +41,103 @@ pub struct DeployedApp {
     /// hostname serves only these until its certificate is issued).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub challenges: Vec<AcmeChallenge>,
+    /// A canary version served beside this (stable) one during a rollout,
+    /// with its share of this PoP's traffic (possibly 0: reachable only by
+    /// the `gannet-version` header). Both stay warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryVersion>,
+    /// What keeps an end user on one version while a rollout moves.
+    #[serde(default, skip_serializing_if = "Affinity::is_client")]
+    pub affinity: Affinity,
+}
+
+/// The canary version of a rollout, as a gateway serves it. Hostnames,
+/// certificates and challenges are the app's (its stable version's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CanaryVersion {
+    /// Version number.
+    pub version: u32,
+    /// The component to run.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Outbound allowlist.
+    pub outbound: Vec<String>,
+    /// Its share of the PoP's requests, in percent (0 to 100); the stable
+    /// version gets the rest.
+    pub weight: u8,
+}
+
+/// The affinity key of a request: what the traffic split hashes, so that
+/// one end user keeps one version at a fixed weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// The client's address (from the connection, or from
+    /// `X-Forwarded-For` behind proxies the operator trusts).
+    #[default]
+    Client,
+    /// A request header's value (lowercase name); the client address when
+    /// the request has none.
+    Header(String),
+    /// A cookie's value; the client address when the request has none.
+    Cookie(String),
+}
+
+/// Why an affinity setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "affinity `{0}`: use `client`, `header:<name>` or `cookie:<name>` with a name of 1 to 64 of a-z, 0-9, '-', '_', '.'"
+)]
+pub struct AffinityError(pub String);
+
+impl Affinity {
+    /// Whether it is [`Affinity::Client`].
+    pub fn is_client(&self) -> bool {
+        matches!(self, Affinity::Client)
+    }
+
+    /// Parses `client` (or the empty string), `header:<name>` or
+    /// `cookie:<name>`. Header names are lowercased.
+    pub fn parse(s: &str) -> Result<Affinity, AffinityError> {
+        let bad = || AffinityError(s.to_string());
+        let s = s.trim();
+        if s.is_empty() || s == "client" {
+            return Ok(Affinity::Client);
+        }
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        let ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !ok(name) {
+            return Err(bad());
+        }
+        match kind {
+            "header" => Ok(Affinity::Header(name.to_ascii_lowercase())),
+            "cookie" => Ok(Affinity::Cookie(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `client`, `header:<name>`, `cookie:<name>`: what [`Affinity::parse`] reads.
+impl std::fmt::Display for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Affinity::Client => f.write_str("client"),
+            Affinity::Header(h) => write!(f, "header:{h}"),
+            Affinity::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
 }
 
 /// One HTTP-01 challenge response (RFC 8555 §8.3): not secret, the CA
@@ -214,6 +311,42 @@ pub struct GatewayRegistration {
     /// A random id made once per process start: a new one means the
     /// gateway restarted (and its counters began again).
     pub boot_id: String,
+}
+
+/// What a gateway pushes every analysis interval (`POST
+/// /v1/pops/{pop}/report`): per app version, counters cumulative since its
+/// boot. The control API diffs successive reports of one boot, so a lost or
+/// repeated report moves or adds nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GatewayReport {
+    /// The gateway's boot id (as registered).
+    pub boot_id: String,
+    /// Per version served.
+    #[serde(default)]
+    pub versions: Vec<VersionCounters>,
+}
+
+/// One app version's requests on one gateway since its boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionCounters {
+    /// `tenant/app`.
+    pub key: String,
+    /// Version number.
+    pub version: u32,
+    /// Requests answered (or failed), whatever the outcome.
+    pub requests: u64,
+    /// Answered 5xx by the guest (or for it: no response, a guest error).
+    pub server_errors: u64,
+    /// Guests that trapped.
+    pub traps: u64,
+    /// Guests killed at a limit (CPU, memory, wall time).
+    pub limit_kills: u64,
+    /// Requests per latency bucket (time to the response head), with the
+    /// bounds of `gannet_scheduler::analysis::LATENCY_BOUNDS_US` and an
+    /// overflow bucket last.
+    pub latency: Vec<u64>,
 }
 
 /// An app a gateway refused.

@@ -895,3 +895,213 @@ async fn a_change_held_open_on_one_replica_is_not_overtaken_by_another() {
         assert_eq!(status["gateways"][0]["current"], true, "{status:#}");
     }
 }
+
+/// Requests to `url` for `host` from many users (`x-user: u-N`) until the
+/// returned flag is set: the traffic a rollout's analysis needs.
+fn load(
+    url: String,
+    host: String,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut n = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut batch = Vec::new();
+            for _ in 0..8 {
+                n += 1;
+                batch.push(
+                    client
+                        .get(format!("{url}/"))
+                        .header("host", &host)
+                        .header("x-user", format!("u-{n}"))
+                        .timeout(Duration::from_secs(10))
+                        .send(),
+                );
+            }
+            for r in batch {
+                let _ = r.await;
+            }
+        }
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_and_canary_deploys_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("gannet-control-api"));
+    cmd.args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
+        .args([
+            "--analysis-interval-secs",
+            "1",
+            "--rollout-min-requests",
+            "10",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("api"))
+        .env("GANNET_OPERATOR_TOKEN", OPERATOR)
+        .env("GANNET_MASTER_KEY", TEST_MASTER_KEY)
+        .env("RUST_LOG", "warn");
+    let (_api, addrs) = Proc::spawn(cmd, 1);
+    let api_url = addrs[0].clone();
+    let cli = Cli::new();
+    let op = [
+        ("GANNET_ENDPOINT", api_url.as_str()),
+        ("GANNET_TOKEN", OPERATOR),
+    ];
+    cli.ok(
+        &[
+            "admin",
+            "pops",
+            "create",
+            "fra1",
+            "--labels",
+            "region=eu,tier=canary",
+        ],
+        &op,
+    )
+    .await;
+    cli.ok(
+        &["admin", "pops", "create", "iad1", "--labels", "region=us"],
+        &op,
+    )
+    .await;
+    let node = cli
+        .json(&["admin", "gateways", "token", "--pop", "fra1"], &op)
+        .await;
+    let mut gw = Command::new(bin("gannet-gateway"));
+    gw.args(["--control-api", &api_url, "--pop", "fra1"])
+        .args(["--node-token", node["token"].as_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--pool-instances", "32", "--report-interval-secs", "1"])
+        .arg("--state-dir")
+        .arg(dir.path().join("gw"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "warn");
+    let (_gw, gw_addrs) = Proc::spawn(gw, 2);
+    let gw_url = gw_addrs[0].clone();
+
+    let created = cli.json(&["admin", "tenants", "create", "acme"], &op).await;
+    let t = [
+        ("GANNET_ENDPOINT", api_url.as_str()),
+        ("GANNET_TOKEN", created["token"].as_str().unwrap()),
+    ];
+    // A selector nothing matches, or that does not parse, creates nothing.
+    cli.fails(
+        &["apps", "create", "shop", "--place", "region=mars"],
+        &t,
+        1,
+        "no PoP matches",
+    )
+    .await;
+    cli.fails(
+        &["apps", "create", "shop", "--place", "region=="],
+        &t,
+        1,
+        "placement",
+    )
+    .await;
+    let out = cli
+        .ok(
+            &[
+                "apps",
+                "create",
+                "shop",
+                "--place",
+                "region=eu",
+                "--affinity",
+                "header:x-user",
+            ],
+            &t,
+        )
+        .await;
+    assert!(out.contains("fra1") && !out.contains("iad1"), "{out}");
+    cli.ok(&["deploy", &example("hello"), "--app", "shop"], &t)
+        .await;
+    let host = "shop-acme.localhost";
+    assert!(
+        eventually(Duration::from_secs(60), async || {
+            get(&gw_url, host).await.is_some_and(|(s, _)| s == 200)
+        })
+        .await
+    );
+
+    // A canary that traps is rolled back, and `deploy --wait` fails saying why.
+    let (stop, task) = load(gw_url.clone(), host.to_string());
+    let out = cli
+        .run(
+            &[
+                "deploy",
+                &example("panic"),
+                "--app",
+                "shop",
+                "--strategy",
+                "canary",
+                "--steps",
+                "100%",
+                "--bake",
+                "1s",
+                "--wait",
+                "--wait-secs",
+                "60",
+            ],
+            &t,
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed canary exited 0: {stderr}");
+    assert!(
+        stderr.contains("rate") && stderr.contains("fra1"),
+        "{stderr}"
+    );
+    let status = cli.json(&["rollout", "status", "--app", "shop"], &t).await;
+    assert_eq!(status["phase"], "aborted", "{status:#}");
+    let human = cli.ok(&["rollout", "status", "--app", "shop"], &t).await;
+    assert!(human.contains("aborted"), "{human}");
+    cli.fails(&["rollout", "promote", "--app", "shop"], &t, 1, "ended")
+        .await;
+
+    // A healthy one goes through its steps; `--wait` returns 0.
+    let out = cli
+        .ok(
+            &[
+                "deploy",
+                &example("hello"),
+                "--app",
+                "shop",
+                "--env",
+                "GREETING=v3",
+                "--strategy",
+                "canary",
+                "--steps",
+                "50%; 100%",
+                "--bake",
+                "1s",
+                "--wait",
+                "--wait-secs",
+                "90",
+            ],
+            &t,
+        )
+        .await;
+    assert!(out.contains("succeeded"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = task.await;
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            get(&gw_url, host)
+                .await
+                .is_some_and(|(_, body)| body.starts_with("v3, world"))
+        })
+        .await
+    );
+    let apps = cli.json(&["apps", "list"], &t).await;
+    assert_eq!(apps[0]["active_version"], 3, "{apps:#}");
+    assert_eq!(apps[0]["pops"], serde_json::json!(["fra1"]), "{apps:#}");
+}

@@ -16,9 +16,9 @@ use crate::store::DomainCertificate;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use gannet_model::api::Problem;
-use gannet_model::api::{AddDomain, App, CreateApp, Domain};
+use gannet_model::api::{AddDomain, App, CreateApp, Domain, SetAffinity, SetPlacement};
 use gannet_server::tls::unix_now;
 
 /// `/v1/apps…`
@@ -26,6 +26,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/apps", post(create_app).get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
+        .route("/v1/apps/{app}/placement", put(set_placement))
+        .route("/v1/apps/{app}/affinity", put(set_affinity))
         .route(
             "/v1/apps/{app}/domains",
             post(add_domain).get(list_app_domains),
@@ -59,11 +61,18 @@ pub(crate) async fn create_app(
     Json(req): Json<CreateApp>,
 ) -> Result<(StatusCode, axum::Json<App>), ApiError> {
     super::check_name("app", &req.name)?;
+    let (placement, _) = crate::placement::check(
+        req.placement.as_deref().unwrap_or(""),
+        &s.store.pop_labels().await?,
+    )?;
+    let affinity = crate::placement::stored_affinity(&crate::placement::check_affinity(
+        req.affinity.as_deref().unwrap_or(""),
+    )?);
     let tenant = s.store.tenant(auth.tenant_id).await?;
     let hostname = format!("{}-{}.{}", req.name, tenant.name, s.config.platform_domain);
     let app = s
         .store
-        .create_app(auth.tenant_id, &req.name, &hostname)
+        .create_app(auth.tenant_id, &req.name, &hostname, &placement, &affinity)
         .await
         .map_err(|e| {
             on_unique(e, || {
@@ -74,6 +83,56 @@ pub(crate) async fn create_app(
         .audit(Some(auth.tenant_id), auth.token_id, "app.create", &req.name)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(app)))
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app}/placement", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = SetPlacement,
+    responses((status = 200, description = "the app, placed", body = App), (status = 409, description = "a rollout is live (`rollout-in-progress`)", body = Problem, content_type = "application/problem+json"), (status = 422, description = "no PoP matches the selector (`no-pop-matches`)", body = Problem, content_type = "application/problem+json"), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn set_placement(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+    Json(req): Json<SetPlacement>,
+) -> Result<axum::Json<App>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let (placement, pops) = crate::placement::check(&req.selector, &s.store.pop_labels().await?)?;
+    let revision = s.store.set_placement(app.id, &placement).await?;
+    s.notifier.bump(revision, Scope::Everywhere);
+    let pops: Vec<String> = pops.into_iter().collect();
+    s.store
+        .audit(
+            Some(auth.tenant_id),
+            auth.token_id,
+            "app.place",
+            &format!("{name}: `{placement}` ({})", pops.join(", ")),
+        )
+        .await?;
+    get_app(State(s), auth, Path(name)).await
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app}/affinity", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = SetAffinity,
+    responses((status = 200, description = "the app", body = App), (status = "4XX", description = "refused; see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn set_affinity(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+    Json(req): Json<SetAffinity>,
+) -> Result<axum::Json<App>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let affinity = crate::placement::check_affinity(&req.affinity)?;
+    let revision = s
+        .store
+        .set_affinity(app.id, &crate::placement::stored_affinity(&affinity))
+        .await?;
+    s.notifier.bump(revision, Scope::Everywhere);
+    s.store
+        .audit(
+            Some(auth.tenant_id),
+            auth.token_id,
+            "app.affinity",
+            &format!("{name}: {affinity}"),
+        )
+        .await?;
+    get_app(State(s), auth, Path(name)).await
 }
 
 #[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("bearer" = [])),

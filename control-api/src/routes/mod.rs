@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod apps;
 pub mod pops;
+pub mod rollouts;
 pub mod versions;
 
 use crate::error::ApiError;

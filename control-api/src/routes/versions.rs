@@ -67,6 +67,43 @@ pub struct UploadParams {
     outbound: Option<Vec<String>>,
     /// Make it the live version (default true).
     activate: Option<bool>,
+    /// `immediate` (default: the new version serves everywhere at once) or
+    /// `canary` (a progressive rollout over the version in service, with
+    /// health-gated automatic rollback).
+    strategy: Option<String>,
+    /// A canary's steps, overriding the platform's: `pops=tier=canary
+    /// 100%; 10%; 50%; 100%` (each step an optional PoP selector and a
+    /// weight; the last at 100 % everywhere).
+    steps: Option<String>,
+    /// How long each step bakes before it may advance: `60s`, `5m`, `1h`
+    /// or seconds.
+    bake: Option<String>,
+}
+
+/// How a new version reaches the PoPs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum Strategy {
+    /// Everywhere at once.
+    #[default]
+    Immediate,
+    /// A progressive rollout.
+    Canary,
+}
+
+/// `60s`, `5m`, `1h`, `250ms` or plain seconds.
+fn parse_bake(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// Settings of a new version, from the query string.
@@ -76,6 +113,9 @@ struct Spec {
     limits: Limits,
     outbound: Vec<String>,
     activate: bool,
+    strategy: Strategy,
+    steps: Option<String>,
+    bake: Option<std::time::Duration>,
 }
 
 fn parse_spec(pairs: Vec<(String, String)>) -> Result<Spec, ApiError> {
@@ -106,6 +146,23 @@ fn parse_spec(pairs: Vec<(String, String)>) -> Result<Spec, ApiError> {
                 spec.outbound.push(v)
             }
             "activate" => spec.activate = v.parse().map_err(|_| bad(&k, &v))?,
+            "strategy" => {
+                spec.strategy = match v.as_str() {
+                    "immediate" => Strategy::Immediate,
+                    "canary" => Strategy::Canary,
+                    _ => {
+                        return Err(ApiError::Invalid(format!(
+                            "strategy `{v}`: use `immediate` or `canary`"
+                        )));
+                    }
+                }
+            }
+            "steps" => spec.steps = Some(v),
+            "bake" => {
+                spec.bake = Some(parse_bake(&v).ok_or_else(|| {
+                    ApiError::Invalid(format!("bake `{v}`: use a duration such as 60s, 5m or 1h"))
+                })?)
+            }
             _ => return Err(ApiError::Invalid(format!("unknown parameter `{k}`"))),
         }
     }
@@ -153,22 +210,47 @@ pub(crate) async fn upload(
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, [(&'static str, String); 1], axum::Json<Version>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, axum::Json<Version>), ApiError> {
     // Checks that need no body. When one fails, the body is read and
     // discarded (up to a cap) so the client, still sending, gets the answer.
     let checked = async {
         let app = app_of(&s, &auth, &name).await?;
-        let spec = parse_spec(pairs)?;
+        let mut spec = parse_spec(pairs)?;
         let tenant = s.store.tenant(auth.tenant_id).await?;
         check_ceilings(&spec.limits, &tenant.quotas)?;
+        // A canary needs a version in service to roll out over, and room
+        // for both; its policy is checked before the body is read.
+        let policy = match spec.strategy {
+            Strategy::Canary if !spec.activate => {
+                return Err(ApiError::Invalid(
+                    "`strategy=canary` rolls the version out: it cannot be combined with `activate=false`".into(),
+                ));
+            }
+            Strategy::Canary if app.active_version_id.is_some() => {
+                if tenant.quotas.max_versions_per_app < 2 {
+                    return Err(ApiError::Invalid(
+                        "a canary needs room for two versions; the tenant keeps only one per app".into(),
+                    ));
+                }
+                let policy = s
+                    .config
+                    .rollouts
+                    .policy(spec.steps.as_deref(), spec.bake)
+                    .map_err(|e| ApiError::Invalid(format!("rollout policy: {e}")))?;
+                spec.activate = false;
+                Some(policy)
+            }
+            // Nothing in service yet: the first version goes live at once.
+            _ => None,
+        };
         // One of the tenant's upload places, held until this upload is
         // answered (429 past the tenant's bound; 503 when every compile
         // slot and queue place is taken).
         let slot = s.compiler.enter(auth.tenant_id)?;
-        Ok::<_, ApiError>((app, spec, tenant, slot))
+        Ok::<_, ApiError>((app, spec, tenant, slot, policy))
     }
     .await;
-    let (app, spec, tenant, _slot) = match checked {
+    let (app, spec, tenant, _slot, policy) = match checked {
         Ok(v) => v,
         Err(e) => {
             upload::discard(body, DISCARD_CAP).await;
@@ -278,9 +360,38 @@ pub(crate) async fn upload(
             &format!("{name}@{number}"),
         )
         .await?;
-    let revision = match created.revision {
-        Some(r) => r,
-        None => s.store.app_revision(app.id).await?,
+    // A canary: its rollout, over the version in service, at the PoPs the
+    // app is placed at now; the scheduler's leader starts it.
+    let mut rollout = None;
+    if let Some(policy) = policy {
+        let stable = s
+            .store
+            .list_versions(&app)
+            .await?
+            .into_iter()
+            .find(|v| v.active)
+            .map(|v| v.number);
+        if let Some(stable) = stable {
+            let placed = s.store.placed_pops_of(app.id).await?;
+            let (id, revision) = s
+                .store
+                .start_rollout(app.id, stable, number, &policy, &placed)
+                .await?;
+            s.notifier.bump(revision, Scope::Everywhere);
+            s.store
+                .audit(
+                    Some(auth.tenant_id),
+                    auth.token_id,
+                    "rollout.create",
+                    &format!("{name}@{number} over {stable}"),
+                )
+                .await?;
+            rollout = Some((id, revision));
+        }
+    }
+    let revision = match (rollout, created.revision) {
+        (Some((_, r)), _) | (None, Some(r)) => r,
+        (None, None) => s.store.app_revision(app.id).await?,
     };
     let app = app_of(&s, &auth, &name).await?;
     let version = s
@@ -290,12 +401,20 @@ pub(crate) async fn upload(
         .into_iter()
         .find(|v| v.number == number)
         .ok_or_else(|| ApiError::Internal("version just created is missing".into()))?;
-    Ok((
-        StatusCode::CREATED,
-        [(REVISION_HEADER, revision.to_string())],
-        axum::Json(version),
-    ))
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = revision.to_string().parse() {
+        headers.insert(REVISION_HEADER, v);
+    }
+    if let Some((id, _)) = rollout
+        && let Ok(v) = id.to_string().parse()
+    {
+        headers.insert(ROLLOUT_HEADER, v);
+    }
+    Ok((StatusCode::CREATED, headers, axum::Json(version)))
 }
+
+/// Response header carrying the id of the rollout an upload started.
+pub const ROLLOUT_HEADER: &str = "gannet-rollout";
 
 /// Response header carrying the desired-state revision a change produced.
 pub const REVISION_HEADER: &str = "gannet-revision";
@@ -435,6 +554,31 @@ mod tests {
             let err = parse_spec(vec![("outbound".into(), bad.into())]).unwrap_err();
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn strategies_and_bake_times_parse() {
+        let s = parse_spec(vec![
+            ("strategy".into(), "canary".into()),
+            ("steps".into(), "10%; 100%".into()),
+            ("bake".into(), "2m".into()),
+        ])
+        .unwrap();
+        assert_eq!(s.strategy, Strategy::Canary);
+        assert_eq!(s.steps.as_deref(), Some("10%; 100%"));
+        assert_eq!(s.bake, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_spec(vec![]).unwrap().strategy, Strategy::Immediate);
+        assert_eq!(parse_bake("90"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(
+            parse_bake("250ms"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_bake("1h"), Some(std::time::Duration::from_secs(3600)));
+        for bad in ["", "s", "10 days", "-5s", "99999999999999999999h"] {
+            assert_eq!(parse_bake(bad), None, "{bad}");
+        }
+        assert!(parse_spec(vec![("strategy".into(), "yolo".into())]).is_err());
+        assert!(parse_spec(vec![("bake".into(), "soon".into())]).is_err());
     }
 
     #[test]

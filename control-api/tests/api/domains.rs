@@ -686,12 +686,25 @@ async fn a_key_sealed_for_another_hostname_or_master_key_does_not_open_and_is_le
         // Another master key opens nothing: the certificate is left out.
         let wrong = MasterKey::parse(&"11".repeat(32)).unwrap();
         let other_store = store.clone().with_master_key(Some(wrong.clone()));
-        assert!(shop_certificates(other_store.deployed_apps(None).await.unwrap()).is_empty());
+        assert!(
+            shop_certificates(
+                other_store
+                    .deployed_apps(None, &Default::default())
+                    .await
+                    .unwrap()
+            )
+            .is_empty()
+        );
         assert_eq!(
             other_store.check_certificate_keys().await.unwrap().failed,
             vec![HOST.to_string()]
         );
-        let sent = shop_certificates(store.deployed_apps(None).await.unwrap());
+        let sent = shop_certificates(
+            store
+                .deployed_apps(None, &Default::default())
+                .await
+                .unwrap(),
+        );
         assert_eq!(sent.len(), 1, "{backend:?}");
         assert_eq!(sent[0].key_pem, cert.key_pem);
 
@@ -712,7 +725,12 @@ async fn a_key_sealed_for_another_hostname_or_master_key_does_not_open_and_is_le
         .execute(store.pool())
         .await
         .unwrap();
-        let sent = shop_certificates(store.deployed_apps(None).await.unwrap());
+        let sent = shop_certificates(
+            store
+                .deployed_apps(None, &Default::default())
+                .await
+                .unwrap(),
+        );
         let hosts: Vec<&str> = sent.iter().map(|c| c.hostname.as_str()).collect();
         assert_eq!(hosts, vec![HOST], "{backend:?}");
         let check = store.check_certificate_keys().await.unwrap();

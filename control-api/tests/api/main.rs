@@ -6,6 +6,7 @@ mod feed;
 mod flows;
 mod gateways;
 mod hostile;
+mod leadership;
 mod managed;
 mod openapi;
 mod ownership;

@@ -34,7 +34,12 @@ async fn tenant_with_app(op: &Caller, tenant: &str, app: &str) -> Caller {
 
 /// The app `app` in the whole state a gateway would get.
 async fn deployed(api: &TestApi, app: &str) -> Value {
-    let apps = api.state.store.deployed_apps(None).await.unwrap();
+    let apps = api
+        .state
+        .store
+        .deployed_apps(None, &Default::default())
+        .await
+        .unwrap();
     let (_, found) = apps
         .into_iter()
         .find(|(_, a)| a.app == app)

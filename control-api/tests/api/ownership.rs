@@ -155,7 +155,12 @@ async fn listed(t: &Caller, host: &str) -> Value {
 }
 
 async fn hosts_served(api: &TestApi, app: &str) -> Vec<String> {
-    let apps = api.state.store.deployed_apps(None).await.unwrap();
+    let apps = api
+        .state
+        .store
+        .deployed_apps(None, &Default::default())
+        .await
+        .unwrap();
     apps.into_iter()
         .find(|(_, a)| a.app == app)
         .map(|(_, a)| a.hosts)
@@ -208,7 +213,12 @@ async fn a_custom_hostname_serves_only_once_its_owner_proves_control_by_dns_or_h
                 .await
                 .contains(&"shop.test".to_string())
         );
-        let apps = api.state.store.deployed_apps(None).await.unwrap();
+        let apps = api
+            .state
+            .store
+            .deployed_apps(None, &Default::default())
+            .await
+            .unwrap();
         let shop = &apps.iter().find(|(_, a)| a.app == "shop").unwrap().1;
         assert!(
             shop.challenges.iter().any(|c| c.hostname == "shop.test"

@@ -1,5 +1,5 @@
 //! The gateway's client of the control API: its registration, state
-//! polls, component downloads and ACKs, over one keep-alive HTTP client (HTTPS, or plain
+//! polls, component downloads, ACKs and counter reports, over one keep-alive HTTP client (HTTPS, or plain
 //! HTTP to loopback: see [`super::trust`]), each with a timeout and every
 //! body read with a size bound.
 
@@ -8,7 +8,7 @@ use super::trust::{self, TrustError};
 use crate::config::ControlPlane;
 use bytes::Bytes;
 use gannet_model::Sha256Digest;
-use gannet_model::snapshot::{GatewayAck, GatewayRegistration, StateUpdate};
+use gannet_model::snapshot::{GatewayAck, GatewayRegistration, GatewayReport, StateUpdate};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -160,29 +160,23 @@ impl Api {
         &self,
         registration: &GatewayRegistration,
     ) -> Result<(), SyncError> {
-        let body = serde_json::to_vec(registration).map_err(|e| SyncError::Api(e.to_string()))?;
-        let path = format!("/v1/pops/{}/register", self.cp.pop);
-        let (status, body) = self
-            .call(
-                self.request(http::Method::POST, &path, body.into())?,
-                Duration::from_secs(10),
-                MAX_ACK_ANSWER,
-            )
-            .await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(SyncError::Api(format!(
-                "register: {status}: {}",
-                String::from_utf8_lossy(&body)
-            )))
-        }
+        self.post_json("register", registration).await
     }
 
     /// Reports an ACK or NACK with the gateway's figures.
     pub(super) async fn ack(&self, ack: &GatewayAck) -> Result<(), SyncError> {
-        let body = serde_json::to_vec(ack).map_err(|e| SyncError::Api(e.to_string()))?;
-        let path = format!("/v1/pops/{}/ack", self.cp.pop);
+        self.post_json("ack", ack).await
+    }
+
+    /// Pushes the request counters of every version served.
+    pub(super) async fn report(&self, report: &GatewayReport) -> Result<(), SyncError> {
+        self.post_json("report", report).await
+    }
+
+    /// POSTs `body` as JSON to `/v1/pops/{pop}/{what}`; any 2xx is success.
+    async fn post_json<T: serde::Serialize>(&self, what: &str, body: &T) -> Result<(), SyncError> {
+        let body = serde_json::to_vec(body).map_err(|e| SyncError::Api(e.to_string()))?;
+        let path = format!("/v1/pops/{}/{what}", self.cp.pop);
         let (status, body) = self
             .call(
                 self.request(http::Method::POST, &path, body.into())?,
@@ -194,7 +188,7 @@ impl Api {
             Ok(())
         } else {
             Err(SyncError::Api(format!(
-                "ack: {status}: {}",
+                "{what}: {status}: {}",
                 String::from_utf8_lossy(&body)
             )))
         }

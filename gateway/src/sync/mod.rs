@@ -38,15 +38,17 @@ pub mod trust;
 
 use crate::challenges::ChallengeTable;
 use crate::config::ControlPlane;
-use crate::routes_file::AppSpec;
+use crate::routes_file::{AppSpec, CanarySpec};
 use crate::tls::HostCertError;
 use crate::{Gateway, GatewayError, cache::PrepareError};
 use api::Api;
 use gannet_model::snapshot::{
-    AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration, PlatformTls, StateUpdate,
+    AppReport, DeployedApp, FailedApp, GatewayAck, GatewayRegistration, GatewayReport, PlatformTls,
+    StateUpdate,
 };
 use gannet_model::{AppId, Sha256Digest};
 use gannet_runtime::RuntimeError;
+use gannet_scheduler::split::Weight;
 use serde::{Deserialize, Serialize};
 use state_dir::StateDir;
 use std::collections::{BTreeMap, HashSet};
@@ -182,6 +184,16 @@ fn spec_of(dir: &StateDir, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
             outbound: app.outbound.clone(),
             report: Some((app.key(), app.version)),
             certificates: app.certificates.clone(),
+            canary: app.canary.as_ref().map(|c| CanarySpec {
+                component: dir.artifact_path(&c.digest),
+                digest: Some(c.digest),
+                env: c.env.clone(),
+                limits: c.limits.clone(),
+                outbound: c.outbound.clone(),
+                version: Some(c.version),
+                weight: Weight::new(c.weight).unwrap_or(Weight::ZERO),
+            }),
+            affinity: app.affinity.clone(),
         },
         app.digest,
     )
@@ -236,7 +248,13 @@ pub async fn boot_from_disk(gateway: &Gateway, cp: &ControlPlane) -> Result<bool
         }
     };
     let mut serving = Vec::new();
-    for (spec, digest) in specs_of(&dir, &applied) {
+    for (mut spec, digest) in specs_of(&dir, &applied) {
+        if let Some((canary, canary_digest)) = spec.canary_as_spec()
+            && let Err(e) = gateway.prepare(&canary, canary_digest).await
+        {
+            tracing::error!(app = %spec.id, error = %e, "cannot serve this app's canary from disk; serving its stable version alone");
+            spec.canary = None;
+        }
         match gateway.prepare(&spec, digest).await {
             Ok(()) => serving.push((spec, digest)),
             Err(e) => {
@@ -301,54 +319,65 @@ async fn take_version(
     gateway
         .certs()
         .check_app(&want.hosts, &want.certificates, served_certificates)?;
-    if now.is_some_and(|n| n.digest == want.digest) {
-        // The component is served already: only settings change.
-        return Ok(());
+    let (spec, digest) = spec_of(dir, want);
+    // A component served already needs nothing: only settings change.
+    let served = |d: &Sha256Digest| {
+        now.is_some_and(|n| n.digest == *d || n.canary.as_ref().is_some_and(|c| c.digest == *d))
+    };
+    if !served(&digest) {
+        take(gateway, api, dir, &spec, digest, want.size_bytes).await?;
     }
-    take(gateway, api, dir, want).await
+    // A rollout's canary is taken (downloaded, compiled, warm) before the
+    // revision is ACKed, so a step's ACK means the canary can serve.
+    if let (Some(c), Some((canary_spec, canary_digest))) = (&want.canary, spec.canary_as_spec())
+        && !served(&canary_digest)
+        && canary_digest != digest
+    {
+        take(gateway, api, dir, &canary_spec, canary_digest, c.size_bytes).await?;
+    }
+    Ok(())
 }
 
-/// Makes `app`'s version ready to serve: its component on disk and
-/// verified (downloaded if not), then loaded or compiled and warm.
+/// Makes one version's component ready to serve: on disk and verified
+/// (downloaded if not), then loaded or compiled and warm.
 async fn take(
     gateway: &Gateway,
     api: &Api,
     dir: &StateDir,
-    app: &DeployedApp,
+    spec: &AppSpec,
+    digest: Sha256Digest,
+    size_bytes: u64,
 ) -> Result<(), SyncError> {
-    let (spec, digest) = spec_of(dir, app);
     if !dir.has_verified(&digest).await? {
-        fetch(gateway, api, dir, app).await?;
+        fetch(gateway, api, dir, &digest, size_bytes).await?;
     }
-    match gateway.prepare(&spec, digest).await {
+    match gateway.prepare(spec, digest).await {
         Err(PrepareError::Runtime(e)) if matches!(*e, RuntimeError::DigestMismatch { .. }) => {
             // The file changed after it was verified: fetch it once more.
             dir.discard(&digest);
-            fetch(gateway, api, dir, app).await?;
-            Ok(gateway.prepare(&spec, digest).await?)
+            fetch(gateway, api, dir, &digest, size_bytes).await?;
+            Ok(gateway.prepare(spec, digest).await?)
         }
         result => Ok(result?),
     }
 }
 
-/// Downloads `app`'s component into the state directory.
+/// Downloads a component into the state directory.
 async fn fetch(
     gateway: &Gateway,
     api: &Api,
     dir: &StateDir,
-    app: &DeployedApp,
+    digest: &Sha256Digest,
+    size_bytes: u64,
 ) -> Result<(), SyncError> {
     let ceiling = api.cp.max_body.bytes();
-    if app.size_bytes > ceiling {
+    if size_bytes > ceiling {
         return Err(SyncError::TooLarge(format!(
-            "component {} is {} bytes, above this gateway's --max-component-size of {ceiling}",
-            app.digest, app.size_bytes
+            "component {digest} is {size_bytes} bytes, above this gateway's --max-component-size of {ceiling}"
         )));
     }
-    let body = api.component(&app.digest).await?;
-    let size = dir
-        .write_artifact(body, &app.digest, app.size_bytes)
-        .await?;
+    let body = api.component(digest).await?;
+    let size = dir.write_artifact(body, digest, size_bytes).await?;
     let m = &gateway.state().metrics;
     m.sync_downloads.inc();
     m.sync_download_bytes.inc_by(size);
@@ -413,7 +442,11 @@ async fn collect_garbage(gateway: &Gateway, dir: &StateDir, applied: &Applied) {
         .apps
         .values()
         .chain(applied.pending.values().map(|p| &p.app))
-        .flat_map(|a| std::iter::once(a.digest).chain(a.retain.iter().copied()))
+        .flat_map(|a| {
+            std::iter::once(a.digest)
+                .chain(a.canary.as_ref().map(|c| c.digest))
+                .chain(a.retain.iter().copied())
+        })
         .collect();
     let dir = dir.clone();
     let removed = tokio::task::spawn_blocking(move || dir.collect(&keep))
@@ -458,6 +491,66 @@ fn reports(gateway: &Gateway) -> Vec<AppReport> {
             })
         })
         .collect()
+}
+
+/// The request counters of every version served from the control API,
+/// cumulative since this process started.
+fn report_of(gateway: &Gateway) -> GatewayReport {
+    GatewayReport {
+        boot_id: boot_id().to_string(),
+        versions: gateway
+            .state()
+            .routes
+            .load()
+            .apps()
+            .iter()
+            .filter_map(|a| {
+                let (key, version) = a.report.clone()?;
+                Some(a.metrics.counts.snapshot(key, version))
+            })
+            .collect(),
+    }
+}
+
+/// Pushes [`report_of`] every `interval` until `shutdown`, on its own
+/// schedule (not the state poll's): the scheduler's analysis windows are
+/// diffs of successive reports, so a lost push only moves requests into
+/// the next window.
+async fn push_reports(
+    gateway: Arc<Gateway>,
+    api: Arc<Api>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let report = report_of(&gateway);
+        if report.versions.is_empty() {
+            continue;
+        }
+        match api.report(&report).await {
+            Ok(()) => gateway
+                .state()
+                .metrics
+                .sync_reports
+                .with_label_values(&["ok"])
+                .inc(),
+            Err(e) => {
+                gateway
+                    .state()
+                    .metrics
+                    .sync_reports
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::debug!(error = %e, "report not delivered; the next one carries its requests");
+            }
+        }
+    }
 }
 
 fn next_state(current: &Applied, update: StateUpdate) -> Applied {
@@ -554,8 +647,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let dir = StateDir::new(&cp.state_dir);
+    let report_interval = cp.report_interval;
     let api = match Api::new(cp) {
-        Ok(api) => api,
+        Ok(api) => Arc::new(api),
         Err(e) => {
             // `main` checks the same before starting: only a gateway built
             // by hand gets here. It serves what it has and does not sync.
@@ -576,6 +670,12 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let registration = registration_of(&gateway, listen);
     let mut registered = false;
+    tokio::spawn(push_reports(
+        gateway.clone(),
+        api.clone(),
+        report_interval,
+        shutdown.clone(),
+    ));
     loop {
         if !registered {
             let result = tokio::select! {
@@ -695,7 +795,13 @@ fn ack_for(gateway: &Gateway, served: &Applied, failed: &Option<(i64, String)>) 
             .iter()
             .map(|(key, p)| FailedApp {
                 key: key.clone(),
-                version: p.app.version,
+                // When the stable version is the one served, what could not
+                // be taken is the rollout's canary: name it, so the
+                // scheduler sees a NACK of the canary.
+                version: match (&p.app.canary, served.apps.get(key)) {
+                    (Some(c), Some(now)) if now.version == p.app.version => c.version,
+                    _ => p.app.version,
+                },
                 error: p.error.clone(),
             })
             .collect(),
@@ -757,6 +863,7 @@ mod tests {
             poll_wait: Duration::from_secs(1),
             max_body: crate::config::DEFAULT_MAX_COMPONENT_SIZE,
             trusted_cas: None,
+            report_interval: crate::config::DEFAULT_REPORT_INTERVAL,
         };
         Gateway::build(GatewayConfig {
             control: Some(control),
@@ -823,6 +930,8 @@ mod tests {
             retain: Vec::new(),
             certificates: vec![host_cert("shop.example.com", &good.0, &good.1)],
             challenges: Vec::new(),
+            canary: None,
+            affinity: Default::default(),
         };
         let key = v1.key();
         let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &v1)).await;
@@ -887,7 +996,7 @@ mod tests {
             assert_eq!(served_leaf(&gw, "shop.example.com"), der_of(&good.0));
             let table = gw.state().routes.load();
             let app = table.lookup("shop.example.com").expect("still routed");
-            assert_eq!(app.report, Some((key.clone(), 1)));
+            assert_eq!(app.stable.report, Some((key.clone(), 1)));
             // Refused for good: the same version is not judged again.
             let again = reconcile(&gw, &api, &dir, &next, &desired).await;
             assert_eq!(again.pending[&key], *pending);
@@ -951,6 +1060,75 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_canary_is_taken_warm_beside_its_stable_version_or_nacked_by_its_own_number() {
+        let root = tempfile::tempdir().unwrap();
+        let gw = gateway(root.path()).await;
+        let cp = gw.config().control.clone().unwrap();
+        let dir = StateDir::new(&cp.state_dir);
+        let api = Api::new(cp.clone()).unwrap();
+        let (digest, size_bytes) = hello_on_disk(&dir);
+        let stable = DeployedApp {
+            tenant: "acme".into(),
+            app: "shop".into(),
+            version: 1,
+            digest,
+            size_bytes,
+            hosts: vec!["shop-acme.localhost".into()],
+            env: BTreeMap::from([("GREETING".into(), "v1".into())]),
+            limits: Default::default(),
+            outbound: Vec::new(),
+            retain: Vec::new(),
+            certificates: Vec::new(),
+            challenges: Vec::new(),
+            canary: None,
+            affinity: gannet_model::snapshot::Affinity::Header("x-user".into()),
+        };
+        let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &stable)).await;
+        assert!(served.pending.is_empty(), "{:?}", served.pending);
+
+        // The same component as a canary with other settings: taken at once.
+        let mut with_canary = stable.clone();
+        with_canary.canary = Some(gannet_model::snapshot::CanaryVersion {
+            version: 2,
+            digest,
+            size_bytes,
+            env: BTreeMap::from([("GREETING".into(), "v2".into())]),
+            limits: Default::default(),
+            outbound: Vec::new(),
+            weight: 25,
+        });
+        let next = reconcile(&gw, &api, &dir, &served, &state_of(2, &with_canary)).await;
+        assert!(next.pending.is_empty(), "{:?}", next.pending);
+        gw.install(specs_of(&dir, &next));
+        {
+            let table = gw.state().routes.load();
+            let d = table.lookup("shop-acme.localhost").expect("routed");
+            let canary = d.canary.as_ref().expect("a canary");
+            assert_eq!(canary.app.number(), Some(2));
+            assert_eq!(canary.weight.percent(), 25);
+            assert_eq!(d.stable.number(), Some(1));
+            assert_eq!(table.apps().len(), 2, "both versions are reported");
+            assert_eq!(
+                d.affinity,
+                crate::router::AffinityKey::Header(http::HeaderName::from_static("x-user"))
+            );
+        }
+
+        // A canary whose component cannot be had: the stable version keeps
+        // serving, and the refusal names the canary's number.
+        let mut broken = with_canary.clone();
+        if let Some(c) = broken.canary.as_mut() {
+            c.version = 3;
+            c.digest = Sha256Digest::of(b"a canary nobody has");
+        }
+        let after = reconcile(&gw, &api, &dir, &next, &state_of(3, &broken)).await;
+        assert_eq!(after.apps.get(&stable.key()), Some(&with_canary));
+        let ack = ack_for(&gw, &after, &None);
+        assert_eq!(ack.failed_apps.len(), 1, "{ack:?}");
+        assert_eq!(ack.failed_apps[0].version, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn challenges_are_answered_for_hostnames_not_routed_and_apps_not_taken_until_a_state_drops_them()
      {
         let root = tempfile::tempdir().unwrap();
@@ -974,6 +1152,8 @@ mod tests {
             retain: Vec::new(),
             certificates: Vec::new(),
             challenges: vec![challenge("shop.example.com", "tok-shop")],
+            canary: None,
+            affinity: Default::default(),
         };
         // blog cannot be taken (its component is not on disk and the
         // control API does not answer): NACKed, its challenge answered.

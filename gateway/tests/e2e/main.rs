@@ -18,5 +18,6 @@ mod limits;
 mod outbound;
 mod ownership;
 mod platform_tls;
+mod rollout;
 mod routing;
 mod tls;
