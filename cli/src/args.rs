@@ -129,6 +129,21 @@ pub enum AppsCommand {
         #[arg(value_name = "client|header:NAME|cookie:NAME")]
         value: String,
     },
+    /// Set the app's own rollout policy: what `deploy --strategy canary`
+    /// uses when it names no --steps or --bake (else the platform's).
+    Policy {
+        /// The app.
+        app: String,
+        /// Steps, e.g. "pops=tier:canary 100%; 10%; 50%; 100%".
+        #[arg(long)]
+        steps: Option<String>,
+        /// Each step's bake time: `60s`, `5m`, or seconds.
+        #[arg(long)]
+        bake: Option<String>,
+        /// Go back to the platform's policy.
+        #[arg(long, conflicts_with_all = ["steps", "bake"])]
+        reset: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,8 +15,8 @@ use futures::StreamExt;
 use gannet_model::ByteSize;
 use gannet_model::api::{
     AddDomain, App, AuditEntry, CertificateSummary, CertificateUpload, CreateApp, CreateTenant,
-    Domain, QuotaPatch, Rollback, SetAffinity, SetPlacement, Tenant, TenantCreated, TokenCreated,
-    TokenInfo, Version, WhoAmI,
+    Domain, QuotaPatch, Rollback, RolloutPolicy, SetAffinity, SetPlacement, Tenant, TenantCreated,
+    TokenCreated, TokenInfo, Version, WhoAmI,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -568,6 +568,46 @@ async fn apps(client: &Client, cmd: AppsCommand, json: bool) -> Result<()> {
                 a.name,
                 rollout::affinity_line(&a.affinity)
             );
+        }
+        AppsCommand::Policy {
+            app,
+            steps,
+            bake,
+            reset,
+        } => {
+            if !reset && steps.is_none() && bake.is_none() {
+                anyhow::bail!("give --steps and/or --bake, or --reset for the platform's policy");
+            }
+            let bake_ms = bake
+                .as_deref()
+                .map(rollout::parse_bake)
+                .transpose()?
+                .map(|secs| secs.saturating_mul(1000));
+            let a: App = client
+                .put(
+                    &format!("/v1/apps/{app}/rollout-policy"),
+                    &RolloutPolicy { steps, bake_ms },
+                )
+                .await?;
+            if json {
+                return print_json(&a);
+            }
+            match &a.rollout_policy {
+                None => println!(
+                    "{}: canary deploys use the platform's rollout policy",
+                    a.name
+                ),
+                Some(p) => println!(
+                    "{}: canary deploys use steps {} with a bake of {}",
+                    a.name,
+                    p.steps.as_deref().unwrap_or("(the platform's)"),
+                    p.bake_ms
+                        .map_or("(the platform's)".to_string(), |ms| format!(
+                            "{} s",
+                            ms / 1000
+                        ))
+                ),
+            }
         }
     }
     Ok(())

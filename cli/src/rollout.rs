@@ -665,6 +665,7 @@ mod tests {
             pops: pops.iter().map(|p| (*p).to_string()).collect(),
             affinity: "client".into(),
             canary_version: None,
+            rollout_policy: None,
         }
     }
 

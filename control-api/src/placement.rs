@@ -138,6 +138,33 @@ impl Store {
         Ok(revision)
     }
 
+    /// Sets (or, with `None`s, clears) an app's own rollout policy.
+    pub async fn set_rollout_policy(
+        &self,
+        app_id: i64,
+        steps: Option<&str>,
+        bake_ms: Option<u64>,
+    ) -> DbResult<()> {
+        sqlx::query("UPDATE apps SET rollout_steps = $1, rollout_bake_ms = $2 WHERE id = $3")
+            .bind(steps.map(str::to_string))
+            .bind(bake_ms.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+            .bind(app_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// An app's own rollout policy: (steps, bake ms), each unset when the
+    /// platform's applies.
+    pub async fn rollout_policy_of(&self, app_id: i64) -> DbResult<(Option<String>, Option<u64>)> {
+        let row = sqlx::query("SELECT rollout_steps, rollout_bake_ms FROM apps WHERE id = $1")
+            .bind(app_id)
+            .fetch_one(self.pool())
+            .await?;
+        let bake: Option<i64> = row.try_get("rollout_bake_ms")?;
+        Ok((row.try_get("rollout_steps")?, bake.map(|b| b.max(0) as u64)))
+    }
+
     /// Sets an app's affinity key (stored spelling) and feeds the change.
     pub async fn set_affinity(&self, app_id: i64, affinity: &str) -> DbResult<i64> {
         let mut tx = self.pool().begin().await?;

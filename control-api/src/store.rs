@@ -29,8 +29,8 @@ use crate::desired_state::{Scope, append_change};
 use crate::fault::{FaultPoint, Faults};
 use crate::master_key::{CryptoError, MasterKey, certificate_key_aad};
 use gannet_model::api::{
-    App, AuditEntry, CertificateSummary, Domain, ManagedCertificate, Ownership, Quotas, Tenant,
-    TokenInfo, Version,
+    App, AuditEntry, CertificateSummary, Domain, ManagedCertificate, Ownership, Quotas,
+    RolloutPolicy, Tenant, TokenInfo, Version,
 };
 use gannet_model::{ByteSize, Limits, Sha256Digest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -654,6 +654,7 @@ impl Store {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             canary_version: None,
+            rollout_policy: None,
         })
     }
 
@@ -679,7 +680,7 @@ impl Store {
     /// The tenant's apps with hostnames and active version numbers.
     pub async fn list_apps(&self, tenant_id: i64) -> Result<Vec<App>, sqlx::Error> {
         let rows = sqlx::query(&format!(
-            "SELECT a.id, a.name, a.created_ms, a.placement, a.affinity, v.number AS active, \
+            "SELECT a.id, a.name, a.created_ms, a.placement, a.affinity, a.rollout_steps, a.rollout_bake_ms, v.number AS active, \
              (SELECT MAX(r.canary_version) FROM rollouts r WHERE r.app_id = a.id AND r.phase IN {}) AS canary \
              FROM apps a LEFT JOIN versions v ON v.id = a.active_version_id \
              WHERE a.tenant_id = $1 ORDER BY a.name",
@@ -705,6 +706,14 @@ impl Store {
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
                 canary_version: r.try_get::<Option<i64>, _>("canary")?.map(|n| n as u32),
+                rollout_policy: {
+                    let steps: Option<String> = r.try_get("rollout_steps")?;
+                    let bake_ms: Option<i64> = r.try_get("rollout_bake_ms")?;
+                    (steps.is_some() || bake_ms.is_some()).then(|| RolloutPolicy {
+                        steps,
+                        bake_ms: bake_ms.map(|b| b.max(0) as u64),
+                    })
+                },
             });
         }
         Ok(apps)

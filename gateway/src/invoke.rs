@@ -271,6 +271,9 @@ fn reject(state: &State, app: Option<&Arc<App>>, r: Rejection) -> Response<Gatew
     match app {
         Some(app) => {
             app.metrics.count(resp.status().as_u16());
+            if matches!(r, Rejection::GatewayBusy | Rejection::TenantBusy) {
+                app.metrics.counts.shed.fetch_add(1, Ordering::Relaxed);
+            }
             if matches!(r, Rejection::NoResponse | Rejection::GuestError) {
                 app.metrics.failure(r.kind());
             }

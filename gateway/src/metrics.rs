@@ -709,6 +709,10 @@ pub struct RequestCounts {
     pub traps: std::sync::atomic::AtomicU64,
     /// Guests killed at a limit (CPU, memory, wall time).
     pub limit_kills: std::sync::atomic::AtomicU64,
+    /// Requests answered 503 for the gateway's or the tenant's load
+    /// (gateway-busy, tenant-busy): not the version's doing, so left out
+    /// of its report.
+    pub shed: std::sync::atomic::AtomicU64,
     /// Time to the response head, per bucket of
     /// [`gannet_scheduler::analysis::LATENCY_BOUNDS_US`] (and an overflow
     /// bucket).
@@ -730,15 +734,17 @@ impl RequestCounts {
         use std::sync::atomic::Ordering::Relaxed;
         let traps = self.traps.load(Relaxed);
         let limit_kills = self.limit_kills.load(Relaxed);
+        let shed = self.shed.load(Relaxed);
         gannet_model::snapshot::VersionCounters {
             key,
             version,
-            requests: self.answered.load(Relaxed),
-            // A trap or a kill is answered 5xx too: counted once, as what it is.
+            requests: self.answered.load(Relaxed).saturating_sub(shed),
+            // A trap or a kill is answered 5xx too: counted once, as what
+            // it is; a shed request not at all.
             server_errors: self
                 .failed
                 .load(Relaxed)
-                .saturating_sub(traps.saturating_add(limit_kills)),
+                .saturating_sub(traps.saturating_add(limit_kills).saturating_add(shed)),
             traps,
             limit_kills,
             latency: self.latency.iter().map(|b| b.load(Relaxed)).collect(),
@@ -813,5 +819,37 @@ impl AppMetrics {
         self.failures
             .with_label_values(&[&self.app, &self.version, kind])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    #[test]
+    fn a_report_counts_each_failure_once_and_leaves_shed_requests_out() {
+        let c = RequestCounts::default();
+        c.answered.store(10, Relaxed);
+        c.failed.store(6, Relaxed); // 5xx answers: 1 guest, 2 traps, 1 kill, 2 shed
+        c.traps.store(2, Relaxed);
+        c.limit_kills.store(1, Relaxed);
+        c.shed.store(2, Relaxed);
+        for ms in [0, 1, 3, 40_000] {
+            c.record_latency(Duration::from_millis(ms));
+        }
+        let r = c.snapshot("acme/shop".into(), 7);
+        assert_eq!((r.key.as_str(), r.version), ("acme/shop", 7));
+        assert_eq!(r.requests, 8);
+        assert_eq!(r.server_errors, 1);
+        assert_eq!((r.traps, r.limit_kills), (2, 1));
+        assert_eq!(r.latency.len(), gannet_scheduler::analysis::LATENCY_BUCKETS);
+        // 0 ms ≤ 250 µs; 1 ms ≤ 1 ms; 3 ms ≤ 5 ms; 40 s overflows.
+        assert_eq!(r.latency[0], 1);
+        assert_eq!(r.latency[2], 1);
+        assert_eq!(r.latency[4], 1);
+        assert_eq!(r.latency[16], 1);
+        assert_eq!(r.latency.iter().sum::<u64>(), 4);
     }
 }

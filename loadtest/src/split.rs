@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Rounds of each configuration.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The wrk script: a new `x-user` per request.
 const SCRIPT: &str = r#"

@@ -6,6 +6,10 @@ ALTER TABLE apps ADD COLUMN placement TEXT NOT NULL DEFAULT '';
 -- How a request picks the stable or the canary version: '' (the client
 -- address), 'header:<name>' or 'cookie:<name>'.
 ALTER TABLE apps ADD COLUMN affinity TEXT NOT NULL DEFAULT '';
+-- The app's own rollout policy for canary deploys that name none: steps in
+-- `gannet deploy --steps` syntax and a bake time; NULL: the platform's.
+ALTER TABLE apps ADD COLUMN rollout_steps TEXT;
+ALTER TABLE apps ADD COLUMN rollout_bake_ms BIGINT;
 
 -- One progressive rollout of a canary version over the app's stable one
 -- (apps.active_version_id). Written by the scheduler's leader (every write

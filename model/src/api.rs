@@ -230,6 +230,25 @@ pub struct App {
     /// The canary version of its live rollout, if one is live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_version: Option<u32>,
+    /// Its own rollout policy for canary deploys that name no steps
+    /// (unset: the platform's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_policy: Option<RolloutPolicy>,
+}
+
+/// An app's rollout policy (`PUT /v1/apps/{app}/rollout-policy`): what a
+/// canary deploy that names no steps or bake time uses. Both unset: the
+/// platform's policy again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutPolicy {
+    /// Steps, as `gannet deploy --steps` writes them
+    /// (`pops=tier:canary 100%; 10%; 50%; 100%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<String>,
+    /// Each step's bake time, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_ms: Option<u64>,
 }
 
 /// `PUT /v1/apps/{app}/placement`.

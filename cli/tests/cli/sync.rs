@@ -1067,6 +1067,30 @@ async fn placement_and_canary_deploys_through_the_cli() {
     cli.fails(&["rollout", "promote", "--app", "shop"], &t, 1, "ended")
         .await;
 
+    // The app's own policy: refused when it is not one, used by a canary
+    // deploy that names no steps.
+    cli.fails(
+        &["apps", "policy", "shop", "--steps", "10%"],
+        &t,
+        1,
+        "100 %",
+    )
+    .await;
+    let out = cli
+        .ok(
+            &[
+                "apps",
+                "policy",
+                "shop",
+                "--steps",
+                "50%; 100%",
+                "--bake",
+                "1s",
+            ],
+            &t,
+        )
+        .await;
+    assert!(out.contains("50%; 100%"), "{out}");
     // A healthy one goes through its steps; `--wait` returns 0.
     let out = cli
         .ok(
@@ -1079,10 +1103,6 @@ async fn placement_and_canary_deploys_through_the_cli() {
                 "GREETING=v3",
                 "--strategy",
                 "canary",
-                "--steps",
-                "50%; 100%",
-                "--bake",
-                "1s",
                 "--wait",
                 "--wait-secs",
                 "90",
@@ -1091,6 +1111,15 @@ async fn placement_and_canary_deploys_through_the_cli() {
         )
         .await;
     assert!(out.contains("succeeded"), "{out}");
+    let status = cli.json(&["rollout", "status", "--app", "shop"], &t).await;
+    assert_eq!(
+        status["steps"].as_array().map(Vec::len),
+        Some(2),
+        "{status:#}"
+    );
+    assert_eq!(status["steps"][0]["bake_ms"], 1000, "{status:#}");
+    let out = cli.ok(&["apps", "policy", "shop", "--reset"], &t).await;
+    assert!(out.contains("platform's"), "{out}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = task.await;
     assert!(

@@ -18,7 +18,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use gannet_model::api::Problem;
-use gannet_model::api::{AddDomain, App, CreateApp, Domain, SetAffinity, SetPlacement};
+use gannet_model::api::{
+    AddDomain, App, CreateApp, Domain, RolloutPolicy, SetAffinity, SetPlacement,
+};
 use gannet_server::tls::unix_now;
 
 /// `/v1/apps…`
@@ -28,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/apps/{app}", get(get_app))
         .route("/v1/apps/{app}/placement", put(set_placement))
         .route("/v1/apps/{app}/affinity", put(set_affinity))
+        .route("/v1/apps/{app}/rollout-policy", put(set_rollout_policy))
         .route(
             "/v1/apps/{app}/domains",
             post(add_domain).get(list_app_domains),
@@ -130,6 +133,48 @@ pub(crate) async fn set_affinity(
             auth.token_id,
             "app.affinity",
             &format!("{name}: {affinity}"),
+        )
+        .await?;
+    get_app(State(s), auth, Path(name)).await
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app}/rollout-policy", tag = "apps", security(("bearer" = [])), params(("app" = String, Path)), request_body = RolloutPolicy,
+    responses((status = 200, description = "the app, with its policy", body = App), (status = "4XX", description = "refused (400: the steps or bake time do not make a valid policy); see the problem document", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn set_rollout_policy(
+    State(s): State<AppState>,
+    auth: TenantAuth,
+    Path(name): Path<String>,
+    Json(req): Json<RolloutPolicy>,
+) -> Result<axum::Json<App>, ApiError> {
+    let app = app_of(&s, &auth, &name).await?;
+    let steps = req
+        .steps
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    // Checked as a deploy would use it, so a canary deploy never finds it
+    // invalid later.
+    s.config
+        .rollouts
+        .policy(steps, req.bake_ms.map(std::time::Duration::from_millis))
+        .map_err(|e| ApiError::Invalid(format!("rollout policy: {e}")))?;
+    s.store
+        .set_rollout_policy(app.id, steps, req.bake_ms)
+        .await?;
+    let described = match (steps, req.bake_ms) {
+        (None, None) => "the platform's".to_string(),
+        (steps, bake) => format!(
+            "steps `{}`, bake {}",
+            steps.unwrap_or("(the platform's)"),
+            bake.map_or("(the platform's)".to_string(), |b| format!("{b} ms"))
+        ),
+    };
+    s.store
+        .audit(
+            Some(auth.tenant_id),
+            auth.token_id,
+            "app.rollout-policy",
+            &format!("{name}: {described}"),
         )
         .await?;
     get_app(State(s), auth, Path(name)).await

@@ -232,10 +232,17 @@ pub(crate) async fn upload(
                         "a canary needs room for two versions; the tenant keeps only one per app".into(),
                     ));
                 }
+                // The deploy's own steps and bake, else the app's, else
+                // the platform's.
+                let (app_steps, app_bake) = s.store.rollout_policy_of(app.id).await?;
+                let steps = spec.steps.clone().or(app_steps);
+                let bake = spec
+                    .bake
+                    .or(app_bake.map(std::time::Duration::from_millis));
                 let policy = s
                     .config
                     .rollouts
-                    .policy(spec.steps.as_deref(), spec.bake)
+                    .policy(steps.as_deref(), bake)
                     .map_err(|e| ApiError::Invalid(format!("rollout policy: {e}")))?;
                 spec.activate = false;
                 Some(policy)
