@@ -160,18 +160,20 @@ async fn a_tenant_spinning_on_many_requests_gets_half_a_guest_thread_not_all_of_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_growing_memory_leaves_the_reserve_of_the_budget_to_others() {
     // A 256 MiB budget with a quarter kept back: one tenant may hold 192 MiB.
+    // (Touching 80 MiB can take more than the default 50 ms of CPU on a
+    // slow machine; this test is about memory, so CPU limits are raised.)
     let routes = [
         app(
             "hog",
             "hog",
             &["hog.test"],
-            "tenant = \"noisy\"\n[app.limits]\nmemory = \"128MiB\"",
+            "tenant = \"noisy\"\n[app.limits]\nmemory = \"128MiB\"\ncpu_ms = 1000",
         ),
         app(
             "small",
             "hog",
             &["small.test"],
-            "tenant = \"quiet\"\n[app.limits]\nmemory = \"128MiB\"",
+            "tenant = \"quiet\"\n[app.limits]\nmemory = \"128MiB\"\ncpu_ms = 1000",
         ),
     ]
     .concat();
@@ -219,7 +221,8 @@ async fn wait_for_memory(gw: &Gateway, bytes: u64) {
     while gw.metric("gannet_memory_used_bytes").await < bytes as f64 {
         assert!(
             Instant::now() < deadline,
-            "instances never held {bytes} bytes"
+            "instances never held {bytes} bytes; the gateway logged:\n{}",
+            gw.log_text()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
