@@ -69,6 +69,14 @@ pub enum Command {
     /// Follow and steer an app's progressive (canary) rollout.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Set, list and delete an app's secrets (their values are never
+    /// shown); gateways get changes within the sync time, no redeploy.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Set, list and delete an app's plain config values; gateways get
+    /// changes within the sync time, no redeploy.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Attach hostnames to an app.
     #[command(subcommand)]
     Domains(DomainsCommand),
@@ -180,6 +188,61 @@ pub enum RolloutCommand {
     },
     /// Roll the canary back: it serves nowhere.
     Abort {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Set a secret (created or replaced). Its value is read from stdin
+    /// when stdin is not a terminal (one trailing newline dropped), else
+    /// asked for without echo; never from the command line.
+    Set {
+        /// The secret's name.
+        name: String,
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// List the app's secrets: names and when each was set, never values.
+    List {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Delete a secret.
+    Delete {
+        /// The secret's name.
+        name: String,
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Set config values (each created or replaced, in the order given).
+    Set {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The values, each KEY=VALUE (VALUE may be empty or hold `=`).
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+    },
+    /// List the app's config values.
+    List {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Delete a config value.
+    Delete {
+        /// The key.
+        key: String,
         /// The app.
         #[arg(long)]
         app: String,

@@ -174,7 +174,6 @@ impl Client {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
-    /// DELETE `path`.
     /// PUT `body` as JSON to `path`.
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -191,6 +190,7 @@ impl Client {
             .map(|_| ())
     }
 
+    /// DELETE `path` (any answer body, or none, e.g. 204, is ignored).
     pub async fn delete(&self, path: &str) -> Result<(), ApiFailure> {
         self.send::<serde_json::Value>(self.request(Method::DELETE, path))
             .await

@@ -10,6 +10,7 @@ use crate::args::{
 use crate::client::Client;
 use crate::rollout;
 use crate::settings;
+use crate::settings_cmd;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use gannet_model::ByteSize;
@@ -258,6 +259,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apps(cmd) => apps(&client, cmd, json).await?,
         Command::Rollout(cmd) => rollout::command(&client, cmd, json).await?,
+        Command::Secrets(cmd) => settings_cmd::secrets(&client, cmd, json).await?,
+        Command::Config(cmd) => settings_cmd::config(&client, cmd, json).await?,
         Command::Deploy(args) => deploy(&client, args, json).await?,
         Command::Versions { app } => {
             let versions: Vec<Version> = client.get(&format!("/v1/apps/{app}/versions")).await?;

@@ -10,6 +10,7 @@ mod commands;
 mod dev;
 mod rollout;
 mod settings;
+mod settings_cmd;
 
 use args::Cli;
 use clap::Parser;

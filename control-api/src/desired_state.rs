@@ -30,7 +30,7 @@ use crate::platform_tls::PLATFORM_CHANGE;
 use crate::store::{Dialect, Store, now_ms};
 use gannet_model::snapshot::{
     AcmeChallenge, Affinity, AppReport, CanaryVersion, DeployedApp, FailedApp, GatewayAck,
-    GatewayRegistration, HostCertificate, StateUpdate,
+    GatewayRegistration, HostCertificate, Secrets, StateUpdate,
 };
 use gannet_scheduler::placement::PopLabels;
 use gannet_scheduler::selector::Selector;
@@ -360,7 +360,7 @@ impl Store {
 
     /// Every app with an active version placed at `pop`, as its gateways
     /// serve it (with its live rollout's canary and this PoP's weight); or
-    /// only those with ids in `only`. Eight queries, however many apps.
+    /// only those with ids in `only`. Nine queries, however many apps.
     ///
     /// Certificates come with their private keys opened with the master
     /// key: this is for gateways only. A key the master key does not open
@@ -551,6 +551,7 @@ impl Store {
                 },
             );
         }
+        let mut settings = self.settings_for(only).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let app_id: i64 = r.try_get("app_id")?;
@@ -562,6 +563,7 @@ impl Store {
             }
             let affinity =
                 Affinity::parse(&r.try_get::<String, _>("affinity")?).unwrap_or_default();
+            let (config, secrets) = settings.remove(&app_id).unwrap_or_default();
             let active = digest(&r.try_get::<String, _>("digest")?)?;
             let retain = retained
                 .remove(&app_id)
@@ -592,6 +594,8 @@ impl Store {
                     challenges: challenges.remove(&app_id).unwrap_or_default(),
                     canary: canaries.remove(&app_id),
                     affinity,
+                    config,
+                    secrets: Secrets(secrets),
                 },
             ));
         }

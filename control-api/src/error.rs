@@ -92,7 +92,7 @@ pub enum ApiError {
     Certificate(crate::certificate::CertificateRefused),
     /// The API has no master key, so it cannot store private keys.
     #[error(
-        "this control API has no master key, so it cannot store certificates' private keys: the operator must start it with --master-key-file or GANNET_MASTER_KEY"
+        "this control API has no master key, so it cannot store secrets or certificates' private keys: the operator must start it with --master-key-file or GANNET_MASTER_KEY"
     )]
     NoMasterKey,
     /// Managed certificates were asked for, but the operator configured

@@ -22,6 +22,7 @@
 //! It never runs guests; it only validates them with the runtime crate.
 
 pub mod acme;
+pub mod app_settings;
 pub mod auth;
 pub mod blob;
 pub mod certificate;
@@ -212,6 +213,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::versions::router())
         .merge(routes::pops::router())
         .merge(routes::rollouts::router())
+        .merge(routes::settings::router())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route(

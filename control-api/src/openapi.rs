@@ -6,7 +6,7 @@
 use crate::desired_state::GatewayState;
 use crate::ownership::store::OperatorDomain;
 use crate::routes::pops::{AppStatus, CreatePop, GatewayAppStatus, NodeToken, Pop};
-use crate::routes::{account, admin, apps, pops, rollouts, versions};
+use crate::routes::{account, admin, apps, pops, rollouts, settings, versions};
 use gannet_model::api::*;
 use gannet_model::snapshot::{
     AcmeChallenge, Affinity, AppReport, CanaryVersion, DeployedApp, FailedApp, GatewayAck,
@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         account::whoami, account::list_tokens, account::create_token, account::revoke_token, account::audit,
         apps::create_app, apps::list_apps, apps::get_app, apps::add_domain, apps::list_app_domains,
         apps::remove_domain, apps::list_domains, apps::set_placement, apps::set_affinity, apps::set_rollout_policy,
+        settings::set_secret, settings::list_secrets, settings::delete_secret,
+        settings::set_config, settings::list_config, settings::delete_config,
         versions::upload, versions::list, versions::rollback, versions::download,
         pops::create_pop, pops::list_pops, pops::create_gateway, pops::list_gateways, pops::revoke_gateway,
         pops::state, pops::register, pops::component, pops::ack, pops::app_status,
@@ -39,7 +41,7 @@ use utoipa::{Modify, OpenApi};
         AuditEntry, Problem, Limits, ByteSize, Sha256Digest,
         CreatePop, Pop, NodeToken, AppStatus, GatewayAppStatus, StateUpdate, DeployedApp, GatewayAck,
         AppReport, FailedApp, GatewayState, GatewayRegistration, HostCertificate, AcmeChallenge,
-        PlatformTls, PemPair, TicketKeyWire, SetPlacement, SetAffinity, RolloutPolicy, CanaryVersion, Affinity,
+        PlatformTls, PemPair, TicketKeyWire, SetPlacement, SetAffinity, RolloutPolicy, AppSetting, SetSetting, CanaryVersion, Affinity,
         RolloutStatus, RolloutStep, PopProgress, Figures, RolloutTransition, GatewayReport, VersionCounters,
     )),
     modifiers(&BearerAuth),

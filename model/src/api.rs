@@ -267,6 +267,36 @@ pub struct SetAffinity {
     pub affinity: String,
 }
 
+/// A secret's or a config value's record. Secrets never carry their value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppSetting {
+    /// Its name: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+    pub name: String,
+    /// Its value (config only: a secret's is never returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// When it was last set, ms.
+    pub updated_ms: i64,
+}
+
+/// `PUT /v1/apps/{app}/secrets/{name}` and `/config/{name}`. `Debug`
+/// shows no value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetSetting {
+    /// The value.
+    pub value: String,
+}
+
+impl std::fmt::Debug for SetSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetSetting")
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .finish()
+    }
+}
+
 /// A rollout, as `gannet rollout status` shows it
 /// (`GET /v1/apps/{app}/rollout`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

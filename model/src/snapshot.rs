@@ -49,6 +49,45 @@ pub struct DeployedApp {
     /// What keeps an end user on one version while a rollout moves.
     #[serde(default, skip_serializing_if = "Affinity::is_client")]
     pub affinity: Affinity,
+    /// The app's plain config: environment variables over each version's
+    /// own `env` (stable and canary alike).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// The app's secrets: environment variables over its config. Travel
+    /// only over the (TLS) link, sit 0600 in the gateway's state
+    /// directory, never in a log line (`Debug` shows names only).
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// An app's secrets by name. `Debug` shows the names, never the values.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl Secrets {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl DeployedApp {
+    /// A version's environment as its guests see it: the version's own
+    /// `env`, then the app's config over it, then its secrets over both.
+    pub fn environment(&self, version_env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut env = version_env.clone();
+        env.extend(self.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(self.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
 }
 
 /// The canary version of a rollout, as a gateway serves it. Hostnames,
@@ -376,4 +415,44 @@ pub struct AppReport {
     /// Mean time to the response head, microseconds.
     #[serde(default)]
     pub mean_latency_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_win_over_config_over_a_versions_env_and_never_show_in_debug() {
+        let mut app = DeployedApp {
+            tenant: "acme".into(),
+            app: "shop".into(),
+            version: 1,
+            digest: crate::Sha256Digest::of(b"x"),
+            size_bytes: 1,
+            hosts: vec![],
+            env: BTreeMap::new(),
+            limits: Default::default(),
+            outbound: vec![],
+            retain: vec![],
+            certificates: vec![],
+            challenges: vec![],
+            canary: None,
+            affinity: Affinity::Client,
+            config: BTreeMap::from([("A".into(), "config".into()), ("B".into(), "config".into())]),
+            secrets: Secrets(BTreeMap::from([("B".into(), "hunter2".into())])),
+        };
+        let version = BTreeMap::from([("A".into(), "env".into()), ("C".into(), "env".into())]);
+        let env = app.environment(&version);
+        assert_eq!(env["A"], "config");
+        assert_eq!(env["B"], "hunter2");
+        assert_eq!(env["C"], "env");
+        let debug = format!("{app:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("\"B\""), "{debug}");
+        // On the wire the secrets are a plain map (the gateway needs them).
+        let json = serde_json::to_value(&app).unwrap();
+        assert_eq!(json["secrets"]["B"], "hunter2");
+        app.secrets = Secrets::default();
+        assert!(serde_json::to_value(&app).unwrap().get("secrets").is_none());
+    }
 }

@@ -35,6 +35,33 @@ impl Cli {
         cmd.output().await.unwrap()
     }
 
+    /// Runs with `input` on stdin (not a terminal).
+    pub(crate) async fn run_stdin(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        input: &str,
+    ) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gannet"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        child.wait_with_output().await.unwrap()
+    }
+
     pub(crate) async fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let out = self.run(args, env).await;
         assert!(

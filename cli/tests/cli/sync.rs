@@ -932,7 +932,7 @@ fn load(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn placement_and_canary_deploys_through_the_cli() {
+async fn placement_canary_deploys_secrets_and_config_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(bin("gannet-control-api"));
     cmd.args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
@@ -1133,4 +1133,53 @@ async fn placement_and_canary_deploys_through_the_cli() {
     let apps = cli.json(&["apps", "list"], &t).await;
     assert_eq!(apps[0]["active_version"], 3, "{apps:#}");
     assert_eq!(apps[0]["pops"], serde_json::json!(["fra1"]), "{apps:#}");
+
+    // Config over the version's env, a secret over both (from stdin, never
+    // the command line); no upload needed.
+    let serving = |want: &'static str| {
+        let gw_url = gw_url.clone();
+        async move {
+            eventually(Duration::from_secs(30), async || {
+                get(&gw_url, host)
+                    .await
+                    .is_some_and(|(_, body)| body.starts_with(want))
+            })
+            .await
+        }
+    };
+    cli.ok(
+        &["config", "set", "--app", "shop", "GREETING=from-config"],
+        &t,
+    )
+    .await;
+    assert!(serving("from-config, world").await);
+    let secret = "s3cr3t-greeting";
+    let out = cli
+        .run_stdin(
+            &["secrets", "set", "GREETING", "--app", "shop"],
+            &t,
+            &format!("{secret}\n"),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    assert!(serving("s3cr3t-greeting, world").await);
+    let listed = cli.ok(&["secrets", "list", "--app", "shop"], &t).await;
+    assert!(
+        listed.contains("GREETING") && !listed.contains(secret),
+        "{listed}"
+    );
+    let empty = cli
+        .run_stdin(&["secrets", "set", "EMPTY", "--app", "shop"], &t, "")
+        .await;
+    assert!(!empty.status.success());
+    cli.ok(&["secrets", "delete", "GREETING", "--app", "shop"], &t)
+        .await;
+    assert!(serving("from-config, world").await);
+    let config = cli.json(&["config", "list", "--app", "shop"], &t).await;
+    assert_eq!(config[0]["value"], "from-config", "{config:#}");
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod apps;
 pub mod pops;
 pub mod rollouts;
+pub mod settings;
 pub mod versions;
 
 use crate::error::ApiError;

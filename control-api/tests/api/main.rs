@@ -11,6 +11,7 @@ mod managed;
 mod openapi;
 mod ownership;
 mod platform;
+mod settings;
 mod tls;
 mod uploads;
 

@@ -179,7 +179,7 @@ fn spec_of(dir: &StateDir, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
             tenant: app.tenant.clone(),
             hosts: app.hosts.clone(),
             component: dir.artifact_path(&app.digest),
-            env: app.env.clone(),
+            env: app.environment(&app.env),
             limits: app.limits.clone(),
             outbound: app.outbound.clone(),
             report: Some((app.key(), app.version)),
@@ -187,7 +187,7 @@ fn spec_of(dir: &StateDir, app: &DeployedApp) -> (AppSpec, Sha256Digest) {
             canary: app.canary.as_ref().map(|c| CanarySpec {
                 component: dir.artifact_path(&c.digest),
                 digest: Some(c.digest),
-                env: c.env.clone(),
+                env: app.environment(&c.env),
                 limits: c.limits.clone(),
                 outbound: c.outbound.clone(),
                 version: Some(c.version),
@@ -932,6 +932,8 @@ mod tests {
             challenges: Vec::new(),
             canary: None,
             affinity: Default::default(),
+            config: BTreeMap::new(),
+            secrets: Default::default(),
         };
         let key = v1.key();
         let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &v1)).await;
@@ -1082,6 +1084,8 @@ mod tests {
             challenges: Vec::new(),
             canary: None,
             affinity: gannet_model::snapshot::Affinity::Header("x-user".into()),
+            config: BTreeMap::new(),
+            secrets: Default::default(),
         };
         let served = reconcile(&gw, &api, &dir, &Applied::default(), &state_of(1, &stable)).await;
         assert!(served.pending.is_empty(), "{:?}", served.pending);
@@ -1154,6 +1158,8 @@ mod tests {
             challenges: vec![challenge("shop.example.com", "tok-shop")],
             canary: None,
             affinity: Default::default(),
+            config: BTreeMap::new(),
+            secrets: Default::default(),
         };
         // blog cannot be taken (its component is not on disk and the
         // control API does not answer): NACKed, its challenge answered.

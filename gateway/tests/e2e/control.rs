@@ -18,7 +18,8 @@ pub const POP: &str = "pop1";
 pub struct Platform {
     pub api: TestApi,
     pub node_token: String,
-    _db: TestDb,
+    /// Its database (a fresh SQLite file under its data directory).
+    pub db: TestDb,
 }
 
 impl Platform {
@@ -49,7 +50,7 @@ impl Platform {
         let mut p = Platform {
             api,
             node_token: String::new(),
-            _db: db,
+            db,
         };
         let (status, _) = p
             .call(

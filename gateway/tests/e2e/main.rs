@@ -20,4 +20,5 @@ mod ownership;
 mod platform_tls;
 mod rollout;
 mod routing;
+mod settings;
 mod tls;
