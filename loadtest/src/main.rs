@@ -198,26 +198,37 @@ fn start_gateway(
     cache: &Path,
     dir: &Path,
 ) -> Result<(Server, SocketAddr)> {
-    let routes = dir.join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
-            "[[app]]\nid = \"bench\"\nhosts = [\"bench.test\"]\ncomponent = \"{}\"\n[app.limits]\nmax_inflight = 1000\ncpu_ms = 1000\n",
-            component.display()
-        ),
-    )?;
+    let routes = format!(
+        "[[app]]\nid = \"bench\"\nhosts = [\"bench.test\"]\ncomponent = \"{}\"\n[app.limits]\nmax_inflight = 1000\ncpu_ms = 1000\n",
+        component.display()
+    );
+    start_gateway_on(bin_dir, &routes, cache, dir, "gateway")
+}
+
+/// Starts the gateway on a routes file holding `routes` (written to
+/// `dir/<name>-routes.toml`; its log goes to `dir/<name>.log`) and waits
+/// until `bench.test` answers 200.
+fn start_gateway_on(
+    bin_dir: &Path,
+    routes: &str,
+    cache: &Path,
+    dir: &Path,
+    name: &str,
+) -> Result<(Server, SocketAddr)> {
+    let routes_path = dir.join(format!("{name}-routes.toml"));
+    std::fs::write(&routes_path, routes)?;
     let port = free_port()?;
     let admin = free_port()?;
     let mut child = Command::new(bin_dir.join("gannet-gateway"))
         .arg("--routes")
-        .arg(&routes)
+        .arg(&routes_path)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--cache-dir")
         .arg(cache)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("gateway.log"))?)
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
         .spawn()
         .context("starting gannet-gateway (cargo build --release --workspace)")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;

@@ -9,11 +9,11 @@
 //!
 //! Target: the split's throughput is within 5 % of the plain app's.
 
-use crate::{Server, free_port, wait_ready};
+use crate::start_gateway_on;
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Rounds of each configuration.
 const ROUNDS: usize = 5;
@@ -39,33 +39,6 @@ fn routes(component: &Path, split: bool) -> String {
         ));
     }
     r
-}
-
-fn start(
-    bin_dir: &Path,
-    dir: &Path,
-    cache: &Path,
-    routes_text: &str,
-) -> Result<(Server, SocketAddr)> {
-    let routes = dir.join("split-routes.toml");
-    std::fs::write(&routes, routes_text)?;
-    let port = free_port()?;
-    let admin = free_port()?;
-    let mut child = Command::new(bin_dir.join("gannet-gateway"))
-        .arg("--routes")
-        .arg(&routes)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--cache-dir")
-        .arg(cache)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("split-gateway.log"))?)
-        .spawn()
-        .context("starting gannet-gateway")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_ready(addr, "bench.test", &mut child)?;
-    Ok((Server(child), addr))
 }
 
 /// Requests per second under wrk with the script.
@@ -142,7 +115,13 @@ pub fn run(
     let mut share = 0;
     for round in 0..ROUNDS {
         for with_canary in [false, true] {
-            let (_server, addr) = start(bin_dir, &work, &cache, &routes(&component, with_canary))?;
+            let (_server, addr) = start_gateway_on(
+                bin_dir,
+                &routes(&component, with_canary),
+                &cache,
+                &work,
+                "split-gateway",
+            )?;
             if warmup_secs > 0 {
                 wrk(addr, &script, warmup_secs, connections)?;
             }
