@@ -246,13 +246,11 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
             }
             app_hosts.push(h);
         }
-        for key in app.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(invalid(format!(
-                    "app `{}`: env key `{key}` is not valid",
-                    app.id
-                )));
-            }
+        if let Some(key) = bad_env_key(&app.env) {
+            return Err(invalid(format!(
+                "app `{}`: env key `{key}` is not valid",
+                app.id
+            )));
         }
         check_limits(&app.id, &app.limits, bounds).map_err(invalid)?;
         gannet_runtime::outbound::validate_entries(&app.outbound)
@@ -270,11 +268,7 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
             Some(c) => {
                 let weight = Weight::new(c.weight)
                     .map_err(|e| invalid(format!("app `{}`: canary: {e}", app.id)))?;
-                if let Some(key) = c
-                    .env
-                    .keys()
-                    .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-                {
+                if let Some(key) = bad_env_key(&c.env) {
                     return Err(invalid(format!(
                         "app `{}`: canary env key `{key}` is not valid",
                         app.id
@@ -321,6 +315,13 @@ fn parse(text: &str, base: &Path, bounds: LimitBounds) -> Result<Vec<AppSpec>, P
         });
     }
     Ok(specs)
+}
+
+/// The first key of `env` an environment cannot hold (empty, or with `=`
+/// or NUL), if any.
+fn bad_env_key(env: &BTreeMap<String, String>) -> Option<&String> {
+    env.keys()
+        .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
 }
 
 fn check_limits(id: &AppId, l: &Limits, bounds: LimitBounds) -> Result<(), String> {
